@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * action.h - executing a response plan: the signal stage (action-signal.c),
+ * the hook stage (action-hook.c) and the plan that runs them in order against
+ * the deadline (action.c). Actions execute, they do not decide (notice.c
+ * decides); the plan emits its records through report.c.
+ *
+ * Times: deadlines handed to stages are monotonic usec as returned by
+ * now_monotonic_usec(); only the cloud's deadline in NoticeEvent is wall-clock.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "config.h"
+#include "event.h"
+
+uint64_t now_monotonic_usec(void);
+uint64_t now_realtime_usec(void);
+
+/* ---- signal stage ------------------------------------------------------ */
+
+typedef struct SignalStage SignalStage;
+
+typedef struct SignalStageCallbacks {
+        /* One process was signalled (@error 0) or could not be (@error < 0, @pid may be 0). */
+        void (*on_signalled)(SignalStage *s, const char *process, pid_t pid, int sig, int error,
+                             const char *detail, void *userdata);
+        /* A signalled process exited (seen through its pidfd) or said done. */
+        void (*on_finished)(SignalStage *s, const char *process, pid_t pid, bool exited, void *userdata);
+        /* Every process with wait > 0 has exited or said done, or the wait ran out. Called once. */
+        void (*on_done)(SignalStage *s, unsigned n_signalled, unsigned n_failed, unsigned n_waited_out,
+                        void *userdata);
+} SignalStageCallbacks;
+
+/**
+ * signal_stage_new() - @until_usec (monotonic) bounds every wait, whatever
+ * the process's own wait = says.
+ */
+int signal_stage_new(uv_loop_t *loop, const Config *config, uint64_t until_usec, const SignalStageCallbacks *cb,
+                     void *userdata, SignalStage **ret);
+/**
+ * signal_stage_start() - resolve every [process] (pidfile, match; never our
+ * own pid), open a pidfd for each, send the signal, start waiting. on_done
+ * is always called later from the loop, never from inside this call.
+ */
+int signal_stage_start(SignalStage *s);
+/** signal_stage_mark_done() - `spotwatchctl done` for @pid; -ESRCH if not one of ours. */
+int signal_stage_mark_done(SignalStage *s, pid_t pid);
+/** signal_stage_close() - stop waiting, close pidfds, free from the loop. No callbacks after. */
+void signal_stage_close(SignalStage *s);
+
+/* ---- hook stage -------------------------------------------------------- */
+
+typedef struct HookStage HookStage;
+
+typedef struct HookStageCallbacks {
+        void (*on_started)(HookStage *s, const char *hook, pid_t pid, void *userdata);
+        /* One line of output (without the newline; long lines are cut at 4 KiB). @stream "stdout"/"stderr". */
+        void (*on_output)(HookStage *s, const char *hook, pid_t pid, const char *stream, const char *line,
+                          void *userdata);
+        /*
+         * A hook ended. @exit_status >= 0 when it exited, -1 when it was killed
+         * by @term_signal; @timed_out when we killed its process group at the
+         * timeout or the deadline; @error < 0 when it could not be started.
+         */
+        void (*on_exited)(HookStage *s, const char *hook, pid_t pid, int exit_status, int term_signal,
+                          bool timed_out, int error, uint64_t duration_usec, void *userdata);
+        /* All order groups ran (or the deadline cut them). Called once. */
+        void (*on_done)(HookStage *s, unsigned n_ok, unsigned n_failed, void *userdata);
+} HookStageCallbacks;
+
+/**
+ * hook_stage_new() - @env is a NULL-terminated list of "SPOTWATCH_X=..."
+ * strings added to each hook's environment (copied). Each hook is killed
+ * (its whole process group, SIGKILL) at min(its timeout, @until_usec).
+ */
+int hook_stage_new(uv_loop_t *loop, const Config *config, char *const *env, uint64_t until_usec,
+                   const HookStageCallbacks *cb, void *userdata, HookStage **ret);
+/** hook_stage_start() - start the lowest order group; on_done is always called later from the loop. */
+int hook_stage_start(HookStage *s);
+/** hook_stage_close() - kill what still runs, free from the loop. No callbacks after. */
+void hook_stage_close(HookStage *s);
+
+/* ---- the plan ----------------------------------------------------------- */
+
+typedef struct Plan Plan;
+
+typedef struct PlanSummary {
+        unsigned n_signalled, n_signal_failed, n_waited_out;
+        unsigned n_hooks_ok, n_hooks_failed;
+        uint64_t duration_usec;
+        int64_t seconds_left; /* at the end, against the deadline */
+        bool cut_by_deadline;
+} PlanSummary;
+
+typedef void (*PlanDoneFn)(Plan *p, const PlanSummary *summary, void *userdata);
+
+/**
+ * plan_new() - a plan for @ev (already reported by the caller). @instance_id
+ * may be NULL. The plan keeps a reference to @config until it finishes.
+ */
+int plan_new(uv_loop_t *loop, const Config *config, const NoticeEvent *ev, const char *instance_id,
+             PlanDoneFn done, void *userdata, Plan **ret);
+int plan_start(Plan *p);
+/** plan_mark_done() - forwards `spotwatchctl done PID` to the signal stage. */
+int plan_mark_done(Plan *p, pid_t pid);
+const char *plan_stage_name(Plan *p);
+/** plan_close() - abort whatever runs and free from the loop; no callback. */
+void plan_close(Plan *p);
