@@ -1,3 +1,246 @@
 /* SPDX-License-Identifier: MIT */
-/* placeholder: being written */
-#include <stddef.h>
+/*
+ * action.c - the response plan: report → signal (and wait) → hooks → summary,
+ * each stage bounded by the deadline the cloud gave, less deadline_margin.
+ * It runs stages and emits records through report.c; it decides nothing
+ * about notices (notice.c does) and owns no socket.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "action.h"
+#include "report.h"
+#include "shared/log.h"
+#include "shared/parse.h"
+
+typedef enum PlanStage {
+        PLAN_STAGE_NEW,
+        PLAN_STAGE_SIGNAL,
+        PLAN_STAGE_HOOKS,
+        PLAN_STAGE_DONE,
+        _PLAN_STAGE_MAX,
+        _PLAN_STAGE_INVALID = -EINVAL,
+} PlanStage;
+
+static const char *const plan_stage_table[_PLAN_STAGE_MAX] = {
+        [PLAN_STAGE_NEW] = "new",
+        [PLAN_STAGE_SIGNAL] = "signal",
+        [PLAN_STAGE_HOOKS] = "hooks",
+        [PLAN_STAGE_DONE] = "done",
+};
+
+struct Plan {
+        uv_loop_t *loop;
+        const Config *config;
+        NoticeEvent event;
+        char *instance_id;
+        PlanDoneFn done;
+        void *userdata;
+
+        PlanStage stage;
+        uint64_t started_usec;  /* monotonic */
+        uint64_t until_usec;    /* monotonic: stages must be over by then */
+        SignalStage *signal;
+        HookStage *hooks;
+        PlanSummary summary;
+};
+
+static void plan_free(Plan *p) {
+        if (!p)
+                return;
+        if (p->signal)
+                signal_stage_close(p->signal);
+        if (p->hooks)
+                hook_stage_close(p->hooks);
+        free(p->instance_id);
+        free(p);
+}
+
+int plan_new(uv_loop_t *loop, const Config *config, const NoticeEvent *ev, const char *instance_id,
+             PlanDoneFn done, void *userdata, Plan **ret) {
+        Plan *p;
+        uint64_t now_real = now_realtime_usec(), now_mono = now_monotonic_usec(), left;
+
+        p = calloc(1, sizeof(*p));
+        if (!p)
+                return -ENOMEM;
+        p->loop = loop;
+        p->config = config;
+        p->event = *ev;
+        p->done = done;
+        p->userdata = userdata;
+        if (instance_id) {
+                p->instance_id = strdup(instance_id);
+                if (!p->instance_id) {
+                        free(p);
+                        return -ENOMEM;
+                }
+        }
+
+        /* A notice without a time from the cloud (a manual trigger, a
+         * rebalance the config acts on) gets the configured budget. */
+        if (p->event.deadline_usec == 0)
+                p->event.deadline_usec = now_real + config->default_deadline_usec;
+
+        left = p->event.deadline_usec > now_real ? p->event.deadline_usec - now_real : 0;
+        left = left > config->deadline_margin_usec ? left - config->deadline_margin_usec : 0;
+        p->until_usec = now_mono + left;
+        p->started_usec = now_mono;
+
+        *ret = p;
+        return 0;
+}
+
+const char *plan_stage_name(Plan *p) {
+        if (p->stage < 0 || p->stage >= _PLAN_STAGE_MAX)
+                return "?";
+        return plan_stage_table[p->stage];
+}
+
+static void plan_finish(Plan *p) {
+        uint64_t now_real = now_realtime_usec();
+
+        p->stage = PLAN_STAGE_DONE;
+        p->summary.duration_usec = now_monotonic_usec() - p->started_usec;
+        p->summary.seconds_left = ((int64_t) p->event.deadline_usec - (int64_t) now_real) / (int64_t) USEC_PER_SEC;
+        if (now_monotonic_usec() >= p->until_usec)
+                p->summary.cut_by_deadline = p->summary.cut_by_deadline || p->summary.n_waited_out > 0 ||
+                                             p->summary.n_hooks_failed > 0;
+        report_plan_done(&p->event, &p->summary);
+        if (p->done)
+                p->done(p, &p->summary, p->userdata);
+}
+
+/* ---- hooks ------------------------------------------------------------- */
+
+static void on_hook_started(HookStage *s, const char *hook, pid_t pid, void *userdata) {
+        log_debug("Hook '%s' started as PID %d", hook, (int) pid);
+}
+
+static void on_hook_output(HookStage *s, const char *hook, pid_t pid, const char *stream, const char *line,
+                           void *userdata) {
+        Plan *p = userdata;
+        report_hook_output(&p->event, hook, pid, stream, line);
+}
+
+static void on_hook_exited(HookStage *s, const char *hook, pid_t pid, int exit_status, int term_signal,
+                           bool timed_out, int error, uint64_t duration_usec, void *userdata) {
+        Plan *p = userdata;
+
+        if (timed_out && p->until_usec <= now_monotonic_usec())
+                p->summary.cut_by_deadline = true;
+        report_hook(&p->event, hook, pid, exit_status, term_signal, timed_out, error, duration_usec);
+}
+
+static void on_hooks_done(HookStage *s, unsigned n_ok, unsigned n_failed, void *userdata) {
+        Plan *p = userdata;
+
+        p->summary.n_hooks_ok = n_ok;
+        p->summary.n_hooks_failed = n_failed;
+        plan_finish(p);
+}
+
+static int hook_env(Plan *p, char ***ret) {
+        char t[64], **env;
+        uint64_t now = now_realtime_usec();
+        int64_t left = ((int64_t) p->event.deadline_usec - (int64_t) now) / (int64_t) USEC_PER_SEC;
+        unsigned n = 0;
+
+        env = calloc(8, sizeof(char *));
+        if (!env)
+                return -ENOMEM;
+        if (asprintf(&env[n++], "SPOTWATCH_EVENT=%s", event_kind_to_string(p->event.kind)) < 0 ||
+            asprintf(&env[n++], "SPOTWATCH_CLOUD=%s", cloud_kind_to_string(p->event.cloud)) < 0 ||
+            asprintf(&env[n++], "SPOTWATCH_NOTICE_TIME=%s", format_rfc3339(t, sizeof(t), p->event.notice_usec)) <
+                    0 ||
+            asprintf(&env[n++], "SPOTWATCH_DEADLINE=%" PRIu64, p->event.deadline_usec / USEC_PER_SEC) < 0 ||
+            asprintf(&env[n++], "SPOTWATCH_SECONDS_LEFT=%" PRId64, left > 0 ? left : 0) < 0 ||
+            (p->instance_id && asprintf(&env[n++], "SPOTWATCH_INSTANCE_ID=%s", p->instance_id) < 0)) {
+                /* asprintf leaves the pointer undefined on failure: clear it. */
+                env[n - 1] = NULL;
+                strv_free(env);
+                return -ENOMEM;
+        }
+        *ret = env;
+        return 0;
+}
+
+static int plan_start_hooks(Plan *p) {
+        static const HookStageCallbacks cb = {
+                .on_started = on_hook_started,
+                .on_output = on_hook_output,
+                .on_exited = on_hook_exited,
+                .on_done = on_hooks_done,
+        };
+        char **env = NULL;
+        int r;
+
+        p->stage = PLAN_STAGE_HOOKS;
+        r = hook_env(p, &env);
+        if (r < 0)
+                return r;
+        r = hook_stage_new(p->loop, p->config, env, p->until_usec, &cb, p, &p->hooks);
+        strv_free(env);
+        if (r < 0)
+                return r;
+        return hook_stage_start(p->hooks);
+}
+
+/* ---- signals ----------------------------------------------------------- */
+
+static void on_signalled(SignalStage *s, const char *process, pid_t pid, int sig, int error, const char *detail,
+                         void *userdata) {
+        Plan *p = userdata;
+        report_signal(&p->event, process, pid, sig, error, detail);
+}
+
+static void on_process_finished(SignalStage *s, const char *process, pid_t pid, bool exited, void *userdata) {
+        Plan *p = userdata;
+        report_process(&p->event, process, pid, exited);
+}
+
+static void on_signals_done(SignalStage *s, unsigned n_signalled, unsigned n_failed, unsigned n_waited_out,
+                            void *userdata) {
+        Plan *p = userdata;
+        int r;
+
+        p->summary.n_signalled = n_signalled;
+        p->summary.n_signal_failed = n_failed;
+        p->summary.n_waited_out = n_waited_out;
+
+        r = plan_start_hooks(p);
+        if (r < 0) {
+                log_error_errno(r, "Failed to start the hook stage: %m, finishing the plan without hooks");
+                p->summary.n_hooks_failed = (unsigned) p->config->n_hooks;
+                plan_finish(p);
+        }
+}
+
+int plan_start(Plan *p) {
+        static const SignalStageCallbacks cb = {
+                .on_signalled = on_signalled,
+                .on_finished = on_process_finished,
+                .on_done = on_signals_done,
+        };
+        int r;
+
+        if (p->stage != PLAN_STAGE_NEW)
+                return -EBUSY;
+        report_plan_start(&p->event, p->instance_id);
+        p->stage = PLAN_STAGE_SIGNAL;
+        r = signal_stage_new(p->loop, p->config, p->until_usec, &cb, p, &p->signal);
+        if (r < 0)
+                return r;
+        return signal_stage_start(p->signal);
+}
+
+int plan_mark_done(Plan *p, pid_t pid) {
+        if (p->stage != PLAN_STAGE_SIGNAL || !p->signal)
+                return -ESRCH;
+        return signal_stage_mark_done(p->signal, pid);
+}
+
+void plan_close(Plan *p) {
+        plan_free(p);
+}

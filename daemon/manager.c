@@ -1,3 +1,763 @@
 /* SPDX-License-Identifier: MIT */
-/* placeholder: being written */
-#include <stddef.h>
+/*
+ * manager.c - the daemon's wiring (see manager.h). It owns the loop and every
+ * long-lived object, turns provider observations into notice_feed() calls,
+ * starts plans for what notice decides, answers control requests, reloads the
+ * configuration on SIGHUP and speaks sd_notify. It logs; the modules it
+ * drives return errors to it.
+ */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "action.h"
+#include "build-config.h"
+#include "control.h"
+#include "fake-server.h"
+#include "http.h"
+#include "manager.h"
+#include "notice.h"
+#include "provider.h"
+#include "report.h"
+#include "shared/log.h"
+#include "shared/parse.h"
+
+/* Metadata errors: the first is logged at once, then at most one summary per
+ * this interval, so a broken metadata service cannot flood the journal. */
+#define ERROR_LOG_INTERVAL_USEC (60 * USEC_PER_SEC)
+
+typedef struct Waiter {
+        ControlClient *client;
+        struct Waiter *next;
+} Waiter;
+
+struct Manager {
+        uv_loop_t loop;
+        bool loop_initialized;
+
+        Config *config;
+        Config *retired_config;     /* the config a running plan still uses after a reload */
+        char *config_path;
+        CloudKind fake_cloud;
+
+        Http *http;
+        FakeServer *fake;
+        Provider *provider;
+        CloudKind cloud;
+        char *base_url;
+        ControlServer *control;
+
+        Notice notice;
+        Plan *plan;
+        Plan *plan_closing;
+        uv_timer_t plan_reaper;     /* frees a finished plan outside its own callbacks */
+        Waiter *waiters;            /* trigger wait=yes clients, answered when the plan ends */
+        PlanSummary last_summary;
+        bool have_summary;
+
+        uv_signal_t sigterm, sigint, sighup;
+        uv_timer_t watchdog;
+        uint64_t watchdog_usec;
+
+        /* metadata error accounting */
+        int last_poll_error;
+        char last_poll_what[64];
+        char last_poll_detail[160];
+        uint64_t errors_since_log;
+        uint64_t last_error_log_usec;
+        bool in_error;
+
+        char status[256];
+        int exit_code;
+        bool stopping;
+};
+
+/* ---- sd_notify ---------------------------------------------------------- */
+
+static void manager_set_status(Manager *m, const char *fmt, ...) _printf_(2, 3);
+static void manager_set_status(Manager *m, const char *fmt, ...) {
+        char buf[sizeof(m->status)];
+        va_list ap;
+
+        va_start(ap, fmt);
+        (void) vsnprintf(buf, sizeof(buf), fmt, ap);
+        va_end(ap);
+        if (streq(buf, m->status))
+                return;
+        memcpy(m->status, buf, sizeof(buf));
+        (void) sd_notifyf(false, "STATUS=%s", m->status);
+}
+
+static void manager_update_status(Manager *m) {
+        if (m->stopping)
+                return;
+        if (m->plan)
+                manager_set_status(m, "Running the response plan for a %s notice (%s stage)",
+                                   event_kind_to_string(m->notice.plan_event.kind), plan_stage_name(m->plan));
+        else if (m->in_error)
+                manager_set_status(m, "Watching %s metadata at %s; last poll failed: %s: %s",
+                                   cloud_kind_to_string(m->cloud), m->base_url, m->last_poll_what,
+                                   m->last_poll_detail);
+        else if (m->notice.state == NOTICE_PLAN_DONE)
+                manager_set_status(m, "Watching %s metadata at %s; the plan for a %s notice has finished",
+                                   cloud_kind_to_string(m->cloud), m->base_url,
+                                   event_kind_to_string(m->notice.plan_event.kind));
+        else
+                manager_set_status(m, "Watching %s metadata at %s every %s", cloud_kind_to_string(m->cloud),
+                                   m->base_url,
+                                   format_duration((char[32]) {}, 32, m->config->poll_interval_usec));
+}
+
+static void on_watchdog(uv_timer_t *t) {
+        (void) sd_notify(false, "WATCHDOG=1");
+}
+
+/* ---- plans -------------------------------------------------------------- */
+
+static void reply_waiters(Manager *m, const PlanSummary *s) {
+        while (m->waiters) {
+                Waiter *w = m->waiters;
+                m->waiters = w->next;
+                if (control_client_is_connected(w->client)) {
+                        if (s) {
+                                control_client_reply_kv(w->client, "signalled", "%u", s->n_signalled);
+                                control_client_reply_kv(w->client, "hooks_ok", "%u", s->n_hooks_ok);
+                                control_client_reply_kv(w->client, "hooks_failed", "%u", s->n_hooks_failed);
+                                control_client_reply_ok(w->client);
+                        } else
+                                control_client_reply_error(w->client, "the daemon is stopping");
+                }
+                control_client_unref(w->client);
+                free(w);
+        }
+}
+
+static void on_plan_reaper(uv_timer_t *t) {
+        Manager *m = container_of(t, Manager, plan_reaper);
+
+        if (m->plan_closing) {
+                plan_close(m->plan_closing);
+                m->plan_closing = NULL;
+        }
+}
+
+static void on_plan_done(Plan *p, const PlanSummary *s, void *userdata) {
+        Manager *m = userdata;
+
+        notice_plan_finished(&m->notice, now_realtime_usec());
+        m->last_summary = *s;
+        m->have_summary = true;
+        /* We are inside the plan's own callback: free it from the loop. */
+        m->plan_closing = m->plan;
+        m->plan = NULL;
+        (void) uv_timer_start(&m->plan_reaper, on_plan_reaper, 0, 0);
+        m->retired_config = config_free(m->retired_config);
+        reply_waiters(m, s);
+        manager_update_status(m);
+}
+
+static int manager_start_plan(Manager *m, const NoticeEvent *ev) {
+        const char *instance_id = m->provider ? m->provider->instance_id : NULL;
+        int r;
+
+        r = plan_new(&m->loop, m->config, ev, instance_id, on_plan_done, m, &m->plan);
+        if (r < 0)
+                return r;
+        r = plan_start(m->plan);
+        if (r < 0) {
+                /* plan_start emitted what it could; end it now so the next notice is not blocked. */
+                PlanSummary s = { .n_signal_failed = (unsigned) m->config->n_processes };
+                log_error_errno(r, "Failed to run the response plan: %m");
+                on_plan_done(m->plan, &s, m);
+                return r;
+        }
+        manager_update_status(m);
+        return 0;
+}
+
+static void manager_handle_event(Manager *m, const NoticeEvent *ev) {
+        NoticeEvent out;
+        NoticeAction a;
+        bool was_running = m->notice.state == NOTICE_PLAN_RUNNING;
+
+        a = notice_feed(&m->notice, ev, now_realtime_usec(), &out);
+        switch (a) {
+        case NOTICE_ACTION_NONE:
+        case NOTICE_ACTION_JOIN:
+                return;
+        case NOTICE_ACTION_REPORT:
+                report_notice(&out, false,
+                              was_running ? "a response plan is already running"
+                                          : "this kind of notice is not in [daemon] events");
+                return;
+        case NOTICE_ACTION_START_PLAN:
+                report_notice(&out, true, NULL);
+                (void) manager_start_plan(m, &out);
+                return;
+        case _NOTICE_ACTION_MAX:
+        case _NOTICE_ACTION_INVALID:
+                return;
+        }
+}
+
+/* ---- provider ------------------------------------------------------------- */
+
+static void on_provider_event(Provider *p, const NoticeEvent *ev, void *userdata) {
+        manager_handle_event(userdata, ev);
+}
+
+static void on_provider_poll(Provider *p, int error, const char *what, const char *detail, void *userdata) {
+        Manager *m = userdata;
+        uint64_t now = now_monotonic_usec();
+
+        if (error >= 0) {
+                if (m->in_error)
+                        log_info("Metadata service answers again after %" PRIu64 " failed polls",
+                                 m->errors_since_log + 1);
+                m->in_error = false;
+                m->last_poll_error = 0;
+                m->errors_since_log = 0;
+                manager_update_status(m);
+                return;
+        }
+
+        (void) snprintf(m->last_poll_what, sizeof(m->last_poll_what), "%s", strna(what));
+        (void) snprintf(m->last_poll_detail, sizeof(m->last_poll_detail), "%s", detail ? detail : strerror(-error));
+        m->last_poll_error = error;
+        if (!m->in_error || now - m->last_error_log_usec >= ERROR_LOG_INTERVAL_USEC) {
+                if (m->errors_since_log > 0)
+                        log_warning_errno(error,
+                                          "Metadata poll failed: %s: %s (%" PRIu64
+                                          " more failures since the last message), retrying with backoff",
+                                          m->last_poll_what, m->last_poll_detail, m->errors_since_log);
+                else
+                        log_warning_errno(error, "Metadata poll failed: %s: %s, retrying with backoff",
+                                          m->last_poll_what, m->last_poll_detail);
+                m->last_error_log_usec = now;
+                m->errors_since_log = 0;
+        } else
+                m->errors_since_log++;
+        m->in_error = true;
+        manager_update_status(m);
+}
+
+static int manager_start_provider(Manager *m) {
+        static const ProviderCallbacks cb = {
+                .on_event = on_provider_event,
+                .on_poll = on_provider_poll,
+        };
+        int r;
+
+        r = provider_new(m->cloud, &m->loop, m->http, m->config, m->base_url, &cb, m, &m->provider);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the %s metadata watcher: %m",
+                                       cloud_kind_to_string(m->cloud));
+        r = provider_start(m->provider);
+        if (r < 0)
+                return log_error_errno(r, "Failed to start the %s metadata watcher: %m",
+                                       cloud_kind_to_string(m->cloud));
+        return 0;
+}
+
+/* Which cloud and which address, from the config and --fake-metadata. */
+static int manager_pick_cloud(Manager *m, const Config *c, CloudKind *ret_cloud, char **ret_url) {
+        CloudKind cloud = c->cloud;
+        const char *url;
+        char *u;
+
+        if (m->fake) {
+                cloud = m->fake_cloud;
+                url = fake_server_url(m->fake);
+        } else {
+                if (cloud == CLOUD_AUTO) {
+                        /* Full detection (DMI, then probes) is issue #3; until then only
+                         * AWS can be watched, so say so rather than guess. */
+                        _cleanup_free_ char *vendor = NULL;
+                        FILE *f = fopen("/sys/class/dmi/id/sys_vendor", "re");
+                        char buf[128] = "";
+                        if (f) {
+                                if (!fgets(buf, sizeof(buf), f))
+                                        buf[0] = 0;
+                                fclose(f);
+                        }
+                        buf[strcspn(buf, "\n")] = 0;
+                        if (strstr(buf, "Amazon"))
+                                cloud = CLOUD_AWS;
+                        else
+                                return log_error_errno(EOPNOTSUPP,
+                                                       "%s: [daemon] cloud = auto: could not tell the cloud "
+                                                       "from /sys/class/dmi/id/sys_vendor ('%s'); set cloud = "
+                                                       "aws, or use --fake-metadata",
+                                                       strna(c->path), buf);
+                        log_info("cloud = auto: sys_vendor is '%s', watching AWS", buf);
+                }
+                url = c->metadata_url ? c->metadata_url : provider_default_url(cloud);
+        }
+        if (cloud != CLOUD_AWS)
+                return log_error_errno(EOPNOTSUPP,
+                                       "%s: [daemon] cloud = %s is not supported by this version yet, only aws",
+                                       strna(c->path), cloud_kind_to_string(cloud));
+        u = strdup(url);
+        if (!u)
+                return log_oom();
+        *ret_cloud = cloud;
+        *ret_url = u;
+        return 0;
+}
+
+/* ---- control ---------------------------------------------------------------- */
+
+static bool client_privileged(Manager *m, ControlClient *c) {
+        return control_client_uid(c) == 0 || control_client_uid(c) == geteuid();
+}
+
+static void cmd_status(Manager *m, ControlClient *c) {
+        char t[64], d[32];
+        Provider *p = m->provider;
+
+        control_client_reply_kv(c, "version", "%s", PACKAGE_VERSION);
+        control_client_reply_kv(c, "pid", "%d", (int) getpid());
+        control_client_reply_kv(c, "state", "%s", notice_state_to_string(m->notice.state));
+        control_client_reply_kv(c, "cloud", "%s", cloud_kind_to_string(m->cloud));
+        control_client_reply_kv(c, "metadata_url", "%s", m->base_url);
+        if (m->fake)
+                control_client_reply_kv(c, "fake_metadata", "%s", fake_server_url(m->fake));
+        control_client_reply_kv(c, "poll_interval", "%s",
+                                format_duration(d, sizeof(d), m->config->poll_interval_usec));
+        control_client_reply_kv(c, "events", "%s%s%s%s%s%s%s",
+                                m->config->events_mask & EVENT_MASK(EVENT_TERMINATE) ? "terminate " : "",
+                                m->config->events_mask & EVENT_MASK(EVENT_STOP) ? "stop " : "",
+                                m->config->events_mask & EVENT_MASK(EVENT_HIBERNATE) ? "hibernate " : "",
+                                m->config->events_mask & EVENT_MASK(EVENT_PREEMPT) ? "preempt " : "",
+                                m->config->events_mask & EVENT_MASK(EVENT_REBALANCE) ? "rebalance " : "",
+                                m->config->events_mask & EVENT_MASK(EVENT_MAINTENANCE) ? "maintenance " : "",
+                                m->config->events_mask & EVENT_MASK(EVENT_MANUAL) ? "manual" : "");
+        if (p) {
+                control_client_reply_kv(c, "instance_id", "%s", strna(p->instance_id));
+                control_client_reply_kv(c, "polls", "%" PRIu64, p->polls);
+                if (p->last_poll_usec > 0)
+                        control_client_reply_kv(c, "last_poll", "%s",
+                                                format_rfc3339(t, sizeof(t), p->last_poll_usec));
+                else
+                        control_client_reply_kv(c, "last_poll", "never");
+                if (m->in_error)
+                        control_client_reply_kv(c, "last_poll_result", "error: %s: %s", m->last_poll_what,
+                                                m->last_poll_detail);
+                else
+                        control_client_reply_kv(c, "last_poll_result", "%s", p->polls > 0 ? "ok" : "pending");
+        }
+        for (size_t i = 0; i < m->config->n_processes; i++) {
+                const ProcessConfig *pc = &m->config->processes[i];
+                control_client_reply_kv(c, "process", "%s %s=%s signal=%s", pc->name,
+                                        pc->pidfile ? "pidfile" : "match", pc->pidfile ? pc->pidfile : pc->match,
+                                        strna(signal_to_string(pc->signal)));
+        }
+        for (size_t i = 0; i < m->config->n_hooks; i++) {
+                const HookConfig *h = &m->config->hooks[i];
+                control_client_reply_kv(c, "hook", "%s order=%ld timeout=%s exec=%s", h->name, h->order,
+                                        format_duration(d, sizeof(d), h->timeout_usec), h->argv[0]);
+        }
+        control_client_reply_kv(c, "plans", "%u", m->notice.n_plans);
+        if (m->plan) {
+                control_client_reply_kv(c, "plan_stage", "%s", plan_stage_name(m->plan));
+                control_client_reply_kv(c, "plan_event", "%s",
+                                        event_kind_to_string(m->notice.plan_event.kind));
+        }
+        if (m->notice.n_plans > 0) {
+                control_client_reply_kv(c, "last_notice", "%s", m->notice.plan_event.id);
+                if (m->notice.plan_event.deadline_usec > 0)
+                        control_client_reply_kv(c, "last_deadline", "%s",
+                                                format_rfc3339(t, sizeof(t),
+                                                               m->notice.plan_event.deadline_usec));
+        }
+        if (m->have_summary)
+                control_client_reply_kv(c, "last_plan", "signalled=%u signal_failed=%u hooks_ok=%u hooks_failed=%u",
+                                        m->last_summary.n_signalled, m->last_summary.n_signal_failed,
+                                        m->last_summary.n_hooks_ok, m->last_summary.n_hooks_failed);
+        control_client_reply_ok(c);
+}
+
+static void cmd_trigger(Manager *m, ControlClient *c, const ControlRequest *req) {
+        static const char *const keys[] = { "wait", NULL };
+        NoticeEvent ev = { .kind = EVENT_MANUAL, .cloud = m->cloud }, out;
+        const char *bad = NULL, *w;
+        bool wait = false;
+        NoticeAction a;
+
+        if (control_request_check_keys(req, keys, &bad) < 0)
+                return control_client_reply_error(c, "trigger: unknown argument '%s'", bad);
+        w = control_request_get(req, "wait");
+        if (w && parse_bool(w, &wait) < 0)
+                return control_client_reply_error(c, "trigger: wait: expected yes or no, got '%s'", w);
+        if (!client_privileged(m, c))
+                return control_client_reply_error(c, "trigger: permission denied (uid %u)",
+                                                  (unsigned) control_client_uid(c));
+
+        ev.deadline_usec = now_realtime_usec() + m->config->default_deadline_usec;
+        log_notice("Manual trigger from PID %d (uid %u)", (int) control_client_pid(c),
+                   (unsigned) control_client_uid(c));
+        a = notice_feed(&m->notice, &ev, now_realtime_usec(), &out);
+        if (a == NOTICE_ACTION_START_PLAN) {
+                report_notice(&out, true, NULL);
+                if (manager_start_plan(m, &out) < 0 && !m->plan)
+                        return control_client_reply_error(c, "trigger: the plan failed to start");
+                control_client_reply_kv(c, "plan", "started");
+        } else if (a == NOTICE_ACTION_JOIN)
+                control_client_reply_kv(c, "plan", "joined");
+        else
+                return control_client_reply_error(c, "trigger: refused (%s)", notice_action_to_string(a));
+
+        if (!wait || !m->plan)
+                return control_client_reply_ok(c);
+
+        Waiter *wt = calloc(1, sizeof(*wt));
+        if (!wt)
+                return control_client_reply_error(c, "out of memory");
+        wt->client = control_client_ref(c);
+        wt->next = m->waiters;
+        m->waiters = wt;
+}
+
+static void cmd_fake_notice(Manager *m, ControlClient *c, const ControlRequest *req) {
+        static const char *const keys[] = { "action", "in", "clear", NULL };
+        const char *bad = NULL, *action, *in, *clear;
+        uint64_t in_usec = 120 * USEC_PER_SEC, when;
+        char t[64];
+        bool b = false;
+        int r;
+
+        if (!m->fake)
+                return control_client_reply_error(c, "fake-notice: the daemon is not in fake-metadata mode "
+                                                     "(start it with --fake-metadata)");
+        if (control_request_check_keys(req, keys, &bad) < 0)
+                return control_client_reply_error(c, "fake-notice: unknown argument '%s'", bad);
+        if (!client_privileged(m, c))
+                return control_client_reply_error(c, "fake-notice: permission denied");
+
+        clear = control_request_get(req, "clear");
+        if (clear && (parse_bool(clear, &b) < 0))
+                return control_client_reply_error(c, "fake-notice: clear: expected yes or no, got '%s'", clear);
+        if (b) {
+                fake_server_clear_notice(m->fake);
+                log_info("Fake metadata: notice cleared");
+                return control_client_reply_ok(c);
+        }
+
+        action = control_request_get(req, "action") ?: "terminate";
+        in = control_request_get(req, "in");
+        if (in && parse_duration(in, &in_usec) < 0)
+                return control_client_reply_error(c, "fake-notice: in: invalid duration '%s'", in);
+        when = now_realtime_usec() + in_usec;
+        if (streq(action, "rebalance"))
+                r = fake_server_set_rebalance(m->fake, when);
+        else
+                r = fake_server_set_notice(m->fake, action, when);
+        if (r < 0)
+                return control_client_reply_error(c, "fake-notice: action: '%s' is not one of terminate, stop, "
+                                                     "hibernate, rebalance", action);
+        log_info("Fake metadata: %s notice for %s put on %s", action, format_rfc3339(t, sizeof(t), when),
+                 fake_server_url(m->fake));
+        control_client_reply_kv(c, "action", "%s", action);
+        control_client_reply_kv(c, "time", "%s", t);
+        control_client_reply_ok(c);
+}
+
+static void cmd_done(Manager *m, ControlClient *c, const ControlRequest *req) {
+        static const char *const keys[] = { "pid", NULL };
+        const char *bad = NULL, *p;
+        long pid;
+        int r;
+
+        if (control_request_check_keys(req, keys, &bad) < 0)
+                return control_client_reply_error(c, "done: unknown argument '%s'", bad);
+        p = control_request_get(req, "pid");
+        if (!p)
+                pid = control_client_pid(c);
+        else if (parse_int(p, 1, INT32_MAX, &pid) < 0)
+                return control_client_reply_error(c, "done: pid: not a PID: '%s'", p);
+        if (!client_privileged(m, c) && pid != control_client_pid(c))
+                return control_client_reply_error(c, "done: permission denied");
+        if (!m->plan)
+                return control_client_reply_error(c, "done: no response plan is running");
+        r = plan_mark_done(m->plan, (pid_t) pid);
+        if (r < 0)
+                return control_client_reply_error(c, "done: PID %ld is not a process the plan waits for", pid);
+        control_client_reply_ok(c);
+}
+
+static void on_control_request(ControlClient *c, const ControlRequest *req, void *userdata) {
+        Manager *m = userdata;
+
+        log_debug("Control: '%s' from PID %d", req->command, (int) control_client_pid(c));
+        if (streq(req->command, "status"))
+                cmd_status(m, c);
+        else if (streq(req->command, "trigger"))
+                cmd_trigger(m, c, req);
+        else if (streq(req->command, "fake-notice"))
+                cmd_fake_notice(m, c, req);
+        else if (streq(req->command, "done"))
+                cmd_done(m, c, req);
+        else if (streq(req->command, "ping"))
+                control_client_reply_ok(c);
+        else
+                control_client_reply_error(c, "unknown command '%s'", req->command);
+}
+
+/* ---- reload and stop -------------------------------------------------------- */
+
+static int manager_reload(Manager *m) {
+        _cleanup_(config_freep) Config *c = NULL;
+        _cleanup_free_ char *err = NULL, *url = NULL;
+        CloudKind cloud;
+        bool new_provider, new_socket;
+        int r;
+
+        if (!m->config_path) {
+                log_info("Reload requested, but the daemon runs on built-in defaults, nothing to reload");
+                return 0;
+        }
+        (void) sd_notifyf(false, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64, now_monotonic_usec());
+        r = config_load(m->config_path, &c, &err);
+        if (r < 0) {
+                log_error_errno(r, "%s, keeping previous configuration", err ? err : "Failed to load config");
+                (void) sd_notify(false, "READY=1");
+                return r;
+        }
+        r = manager_pick_cloud(m, c, &cloud, &url);
+        if (r < 0) {
+                log_error("Reload: keeping previous configuration");
+                (void) sd_notify(false, "READY=1");
+                return r;
+        }
+
+        new_provider = cloud != m->cloud || !streq(url, m->base_url);
+        new_socket = !streq(c->control_socket, m->config->control_socket);
+
+        if (new_socket) {
+                ControlServer *s = NULL;
+                r = control_server_new(&m->loop, c->control_socket, on_control_request, m, &s);
+                if (r < 0) {
+                        log_error_errno(r, "Reload: failed to listen on '%s': %m, keeping previous configuration",
+                                        c->control_socket);
+                        (void) sd_notify(false, "READY=1");
+                        return r;
+                }
+                control_server_close(m->control);
+                m->control = s;
+        }
+
+        /* A running plan keeps the configuration it started with. */
+        if (m->plan) {
+                config_free(m->retired_config);
+                m->retired_config = m->config;
+        } else
+                config_free(m->config);
+        m->config = TAKE_PTR(c);
+
+        log_open(m->config->log);
+        notice_set_events_mask(&m->notice, m->config->events_mask);
+        if (new_provider) {
+                log_info("Reload: now watching %s metadata at %s", cloud_kind_to_string(cloud), url);
+                provider_stop(m->provider);
+                m->provider = provider_free(m->provider);
+                free(m->base_url);
+                m->base_url = TAKE_PTR(url);
+                m->cloud = cloud;
+                r = manager_start_provider(m);
+                if (r < 0)
+                        return r;
+        } else
+                provider_set_config(m->provider, m->config);
+
+        log_info("Configuration reloaded from '%s'", m->config_path);
+        (void) sd_notify(false, "READY=1");
+        manager_update_status(m);
+        return 0;
+}
+
+static void manager_stop(Manager *m, int code) {
+        if (m->stopping)
+                return;
+        m->stopping = true;
+        m->exit_code = code;
+        (void) sd_notify(false, "STOPPING=1\nSTATUS=Stopping");
+
+        if (m->plan) {
+                log_warning("Stopping while the response plan runs (%s stage): its hooks are killed",
+                            plan_stage_name(m->plan));
+                plan_close(m->plan);
+                m->plan = NULL;
+        }
+        reply_waiters(m, NULL);
+        if (m->provider) {
+                provider_stop(m->provider);
+                m->provider = provider_free(m->provider);
+        }
+        if (m->control) {
+                control_server_close(m->control);
+                m->control = NULL;
+        }
+        if (m->fake) {
+                fake_server_close(m->fake);
+                m->fake = NULL;
+        }
+        if (m->http) {
+                http_close(m->http);
+                m->http = NULL;
+        }
+        uv_close((uv_handle_t *) &m->sigterm, NULL);
+        uv_close((uv_handle_t *) &m->sigint, NULL);
+        uv_close((uv_handle_t *) &m->sighup, NULL);
+        uv_close((uv_handle_t *) &m->watchdog, NULL);
+        uv_close((uv_handle_t *) &m->plan_reaper, NULL);
+        if (m->plan_closing) {
+                plan_close(m->plan_closing);
+                m->plan_closing = NULL;
+        }
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+        Manager *m = s->data;
+
+        if (signum == SIGHUP) {
+                log_info("SIGHUP: reloading configuration");
+                (void) manager_reload(m);
+                return;
+        }
+        log_info("%s: stopping", signal_to_string(signum));
+        manager_stop(m, 0);
+}
+
+/* ---- lifecycle ---------------------------------------------------------------- */
+
+int manager_new(Config *config, const ManagerOptions *opts, Manager **ret) {
+        _cleanup_(manager_freep) Manager *m = NULL;
+        int r;
+
+        m = calloc(1, sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        r = uv_loop_init(&m->loop);
+        if (r < 0)
+                return r;
+        m->loop_initialized = true;
+        m->config = config;
+        m->fake_cloud = opts->fake_cloud;
+        if (opts->config_path) {
+                m->config_path = strdup(opts->config_path);
+                if (!m->config_path)
+                        return -ENOMEM;
+        }
+        notice_init(&m->notice, config->events_mask);
+        *ret = TAKE_PTR(m);
+        return 0;
+}
+
+Manager *manager_free(Manager *m) {
+        if (!m)
+                return NULL;
+        if (m->loop_initialized) {
+                if (!m->stopping && (m->http || m->control || m->fake || m->provider))
+                        manager_stop(m, 0);
+                (void) uv_run(&m->loop, UV_RUN_DEFAULT);
+                if (uv_loop_close(&m->loop) < 0)
+                        log_debug("Loop still has handles at exit");
+        }
+        config_free(m->retired_config);
+        config_free(m->config);
+        free(m->config_path);
+        free(m->base_url);
+        free(m);
+        return NULL;
+}
+
+static int manager_setup_signals(Manager *m) {
+        struct {
+                uv_signal_t *h;
+                int sig;
+        } table[] = { { &m->sigterm, SIGTERM }, { &m->sigint, SIGINT }, { &m->sighup, SIGHUP } };
+        int r;
+
+        for (size_t i = 0; i < ELEMENTSOF(table); i++) {
+                r = uv_signal_init(&m->loop, table[i].h);
+                if (r < 0)
+                        return r;
+                table[i].h->data = m;
+                r = uv_signal_start(table[i].h, on_signal, table[i].sig);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int manager_run(Manager *m) {
+        uint64_t wd = 0;
+        int r;
+
+        /* Handles that manager_stop() closes unconditionally come first. */
+        r = manager_setup_signals(m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up signal handling: %m");
+        (void) uv_timer_init(&m->loop, &m->watchdog);
+        (void) uv_timer_init(&m->loop, &m->plan_reaper);
+
+        r = http_new(&m->loop, &m->http);
+        if (r < 0) {
+                log_error_errno(r, "Failed to set up HTTP: %m");
+                goto fail;
+        }
+
+        if (m->fake_cloud != _CLOUD_INVALID) {
+                r = fake_server_new(&m->loop, m->fake_cloud, "127.0.0.1", 0, &m->fake);
+                if (r < 0) {
+                        log_error_errno(r, "Failed to start the fake metadata service: %m");
+                        goto fail;
+                }
+                /* On stdout too, so a script can read the address. */
+                printf("spotwatchd: fake metadata service (%s) at %s\n", cloud_kind_to_string(m->fake_cloud),
+                       fake_server_url(m->fake));
+                fflush(stdout);
+                log_info("Fake metadata service (%s) listening at %s", cloud_kind_to_string(m->fake_cloud),
+                         fake_server_url(m->fake));
+        }
+
+        r = manager_pick_cloud(m, m->config, &m->cloud, &m->base_url);
+        if (r < 0)
+                goto fail;
+
+        r = control_server_new(&m->loop, m->config->control_socket, on_control_request, m, &m->control);
+        if (r < 0) {
+                log_error_errno(r, "Failed to listen on control socket '%s': %m", m->config->control_socket);
+                goto fail;
+        }
+
+        r = manager_start_provider(m);
+        if (r < 0)
+                goto fail;
+
+        if (sd_watchdog_enabled(false, &wd) > 0 && wd > 0) {
+                m->watchdog_usec = wd;
+                (void) uv_timer_start(&m->watchdog, on_watchdog, wd / 2 / USEC_PER_MSEC,
+                                      MAX(wd / 2 / USEC_PER_MSEC, 1));
+        }
+
+        log_info("spotwatchd %s watching %s metadata at %s (control socket %s)", PACKAGE_VERSION,
+                 cloud_kind_to_string(m->cloud), m->base_url, m->config->control_socket);
+        (void) sd_notify(false, "READY=1");
+        manager_update_status(m);
+
+        (void) uv_run(&m->loop, UV_RUN_DEFAULT);
+        log_info("Stopped");
+        return m->exit_code;
+
+fail:
+        manager_stop(m, r);
+        (void) uv_run(&m->loop, UV_RUN_DEFAULT);
+        return r;
+}

@@ -70,5 +70,9 @@ static inline void closep(int *fd) {
 #define isempty(s) (!(s) || !(s)[0])
 #define strna(s) ((s) ? (s) : "n/a")
 
+#ifndef MIN
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
+#endif
+#ifndef MAX
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
+#endif
