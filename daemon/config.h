@@ -16,6 +16,10 @@
 #include "shared/log.h"
 
 #define CONFIG_DEFAULT_PATH "/etc/spotwatchd/spotwatchd.ini"
+/* The SPEC's defaults; they match the unit's RuntimeDirectory= and StateDirectory=. */
+#define CONFIG_DEFAULT_CONTROL_SOCKET "/run/spotwatchd/control.sock"
+#define CONFIG_DEFAULT_STATE_DIR "/var/lib/spotwatchd"
+#define CONFIG_DEFAULT_HOOK_TIMEOUT_USEC (30 * USEC_PER_SEC)
 
 typedef struct ProcessConfig {
         char *name;
@@ -40,7 +44,7 @@ typedef struct Config {
 
         /* [daemon] */
         CloudKind cloud;
-        char *metadata_url;          /* NULL = the cloud's own address */
+        char *metadata_url;          /* NULL = the cloud's own address; never ends in '/' */
         uint64_t poll_interval_usec;
         uint64_t request_timeout_usec;
         unsigned events_mask;        /* EVENT_MASK() bits that start the plan */
@@ -65,9 +69,14 @@ typedef struct Config {
 int config_new_default(Config **ret);
 
 /**
- * config_load() - parse @path. On failure returns -errno (-ENOENT, -EINVAL, ...)
- * and, if @ret_error is non-NULL, a malloc'd message such as
- * "/etc/spotwatchd/spotwatchd.ini:12: [hook \"x\"] timeout: invalid duration 'abc'".
+ * config_load() - parse @path. On failure returns -errno and, if @ret_error is
+ * non-NULL, a malloc'd message such as
+ * "/etc/spotwatchd/spotwatchd.ini:12: [hook \"x\"] timeout: invalid duration 'abc'"
+ * (NULL only if even that allocation failed). Errors opening or reading the
+ * file come back as they are (-ENOENT, -EACCES, -EISDIR, -EFBIG: "PATH: what");
+ * anything wrong inside the file is -EINVAL ("PATH:LINE: ..."); -ENOMEM. @ret
+ * may be NULL to only check the file (--check-config); *ret is written only
+ * on success.
  */
 int config_load(const char *path, Config **ret, char **ret_error);
 

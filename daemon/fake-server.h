@@ -17,23 +17,37 @@ typedef struct FakeServer FakeServer;
 
 /**
  * fake_server_new() - listen on @address (IPv4 or IPv6 literal; loopback
- * only, -EADDRNOTAVAIL otherwise) and @port (0 = ephemeral). Only
- * CLOUD_AWS for now (-EOPNOTSUPP for the rest).
+ * only: 127.0.0.0/8 or ::1, -EADDRNOTAVAIL for any other address, -EINVAL
+ * for NULL or a name) and @port (0 = ephemeral). Only CLOUD_AWS for now
+ * (-EOPNOTSUPP for the rest). When MHD cannot start, the errno it left
+ * (e.g. -EADDRINUSE), else -EIO.
  */
 int fake_server_new(uv_loop_t *loop, CloudKind cloud, const char *address, uint16_t port, FakeServer **ret);
 uint16_t fake_server_port(FakeServer *s);
-/** fake_server_url() - "http://127.0.0.1:PORT", static to @s. */
+/** fake_server_url() - "http://127.0.0.1:PORT" (or "http://[::1]:PORT"), static to @s. */
 const char *fake_server_url(FakeServer *s);
+/** fake_server_instance_id() - the instance id the fake serves ("i-0fake0000000000001"), static. */
+const char *fake_server_instance_id(FakeServer *s);
 
 /**
  * fake_server_set_notice() - from now on serve a notice: @action is the
  * cloud's word (AWS: terminate, stop, hibernate), @time_usec its wall-clock
- * deadline. -EINVAL for an action the cloud does not have.
+ * deadline (0 = two minutes from now, AWS's warning). -EINVAL for an action
+ * the cloud does not have.
  */
 int fake_server_set_notice(FakeServer *s, const char *action, uint64_t time_usec);
+/** fake_server_clear_notice() - serve no notice and no rebalance recommendation any more. */
 void fake_server_clear_notice(FakeServer *s);
-/** fake_server_set_rebalance() - AWS rebalance recommendation with its noticeTime. */
+/** fake_server_set_rebalance() - AWS rebalance recommendation with its noticeTime (0 = now). */
 int fake_server_set_rebalance(FakeServer *s, uint64_t time_usec);
 
+/**
+ * fake_server_requests() - HTTP requests handed to the fake so far, any method
+ * or path, refused ones included (not those MHD rejects as malformed itself).
+ */
 uint64_t fake_server_requests(FakeServer *s);
+/**
+ * fake_server_close() - stop serving at once (open connections are dropped);
+ * @s is freed from the loop's close callbacks. NULL-safe.
+ */
 void fake_server_close(FakeServer *s);

@@ -7,8 +7,10 @@
  *
  * An HttpRequest wraps one easy handle that is reused for every request to
  * the same endpoint, so the connection cache keeps the TCP connection alive
- * between polls. Only http:// and https:// are allowed, bodies are capped,
- * every request has a timeout, and no signal is used (CURLOPT_NOSIGNAL).
+ * between polls. Only http:// and https:// are allowed, redirects are not
+ * followed, no proxy is used (not even one from the environment), bodies and
+ * response headers are capped, every request has a timeout, and no signal is
+ * used (CURLOPT_NOSIGNAL).
  */
 #pragma once
 
@@ -22,15 +24,23 @@ typedef struct HttpRequest HttpRequest;
 /*
  * Called once per started request, from the loop. @error is 0 when an HTTP
  * answer arrived (whatever its @status), else -ETIMEDOUT, -ECONNREFUSED,
- * -ECONNRESET, -EFBIG (body over the cap), -EPROTO (not HTTP), -EHOSTUNREACH,
- * -ECANCELED (http_request_cancel) or -EIO. @body is NUL-terminated (and may
- * contain NULs; use @size). The request may be restarted from the callback.
+ * -ECONNRESET, -EFBIG (body over the cap), -EPROTO (not HTTP), -EHOSTUNREACH
+ * (also: name not resolved), -ECANCELED (http_request_cancel), -ENOMEM or
+ * -EIO. @status is the HTTP status when a status line arrived, else 0. @body
+ * is NUL-terminated (and may contain NULs; use @size); on error it is "" and
+ * @size 0. @body is valid until the callback returns. The callback may
+ * restart @r, free it (http_request_free), touch other requests, or call
+ * http_close().
  */
 typedef void (*HttpDoneFn)(HttpRequest *r, int error, long status, const char *body, size_t size,
                            void *userdata);
 
 int http_new(uv_loop_t *loop, Http **ret);
-/** http_close() - cancel all requests (their callbacks are not called) and free @h asynchronously. */
+/**
+ * http_close() - cancel all requests (their callbacks are not called) and free
+ * @h asynchronously. Requests stay allocated (their owners free them, before
+ * or after this); from now on they refuse to start with -ESHUTDOWN. NULL-safe.
+ */
 void http_close(Http *h);
 
 /** http_request_new() - a reusable request slot; @name is for debug logs. */
@@ -39,19 +49,33 @@ int http_request_new(Http *h, const char *name, HttpRequest **ret);
 HttpRequest *http_request_free(HttpRequest *r);
 
 typedef struct HttpRequestParams {
-        const char *method;         /* "GET" (default), "PUT", "POST" */
+        const char *method;         /* "GET" (default), "PUT", "POST", "DELETE" */
         const char *url;
         const char *const *headers; /* NULL-terminated "Name: value" lines, or NULL */
         const char *body;           /* request body for PUT/POST, or NULL (empty) */
         size_t body_size;
         uint64_t timeout_usec;      /* whole request; 0 = 5 s */
-        size_t max_body;            /* cap on the response body; 0 = 16 KiB */
+        size_t max_body;            /* cap on the response body; 0 = 16 KiB, at most 256 MiB */
 } HttpRequestParams;
 
-/** http_request_start() - -EBUSY if @r is already running. */
+/**
+ * http_request_start() - start @r with @p (copied: @p, its strings and body
+ * may go once this returns). -EBUSY if @r is already running (including a
+ * cancel whose callback has not run yet), -EINVAL for a missing or non-http(s)
+ * URL, an unknown method, a header line without ':' or with CR/LF, a body
+ * size without a body or a max_body over 256 MiB,
+ * -ESHUTDOWN after http_close() or http_request_free(), -ENOMEM, -EIO.
+ * Headers: "Expect:" is always suppressed; without a Content-Type header a
+ * PUT/POST sends none.
+ */
 int http_request_start(HttpRequest *r, const HttpRequestParams *p, HttpDoneFn done, void *userdata);
-/** http_request_cancel() - stop it; its callback runs with -ECANCELED from the loop. No-op if idle. */
+/**
+ * http_request_cancel() - stop the transfer at once; its callback runs with
+ * -ECANCELED from the loop (never from inside this call), and until then the
+ * request still counts as running. No-op if idle or already cancelled.
+ */
 void http_request_cancel(HttpRequest *r);
+/** http_request_is_running() - 1 from start until the done callback has been called, else 0. */
 int http_request_is_running(HttpRequest *r);
 
 /**
@@ -61,5 +85,9 @@ int http_request_is_running(HttpRequest *r);
  */
 const char *http_request_header(HttpRequest *r, const char *name);
 
-/** Number of TCP connections opened since http_new(), for status and tests. */
+/**
+ * http_connections_opened() - number of TCP connections opened since
+ * http_new() (CURLINFO_NUM_CONNECTS summed over finished and cancelled
+ * transfers), for status and tests.
+ */
 uint64_t http_connections_opened(Http *h);

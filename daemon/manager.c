@@ -330,14 +330,16 @@ static void cmd_status(Manager *m, ControlClient *c) {
                 control_client_reply_kv(c, "fake_metadata", "%s", fake_server_url(m->fake));
         control_client_reply_kv(c, "poll_interval", "%s",
                                 format_duration(d, sizeof(d), m->config->poll_interval_usec));
-        control_client_reply_kv(c, "events", "%s%s%s%s%s%s%s",
-                                m->config->events_mask & EVENT_MASK(EVENT_TERMINATE) ? "terminate " : "",
-                                m->config->events_mask & EVENT_MASK(EVENT_STOP) ? "stop " : "",
-                                m->config->events_mask & EVENT_MASK(EVENT_HIBERNATE) ? "hibernate " : "",
-                                m->config->events_mask & EVENT_MASK(EVENT_PREEMPT) ? "preempt " : "",
-                                m->config->events_mask & EVENT_MASK(EVENT_REBALANCE) ? "rebalance " : "",
-                                m->config->events_mask & EVENT_MASK(EVENT_MAINTENANCE) ? "maintenance " : "",
-                                m->config->events_mask & EVENT_MASK(EVENT_MANUAL) ? "manual" : "");
+        {
+                char ev[128] = "";
+                for (EventKind k = 0; k < _EVENT_MAX; k++)
+                        if (m->config->events_mask & EVENT_MASK(k)) {
+                                if (ev[0])
+                                        strncat(ev, " ", sizeof(ev) - strlen(ev) - 1);
+                                strncat(ev, event_kind_to_string(k), sizeof(ev) - strlen(ev) - 1);
+                        }
+                control_client_reply_kv(c, "events", "%s", ev);
+        }
         if (p) {
                 control_client_reply_kv(c, "instance_id", "%s", strna(p->instance_id));
                 control_client_reply_kv(c, "polls", "%" PRIu64, p->polls);
