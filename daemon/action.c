@@ -235,6 +235,17 @@ int plan_start(Plan *p) {
         return signal_stage_start(p->signal);
 }
 
+void plan_abort(Plan *p) {
+        if (p->stage == PLAN_STAGE_DONE || p->stage == PLAN_STAGE_NEW)
+                return;
+        p->summary.aborted = true;
+        p->stage = PLAN_STAGE_DONE;
+        p->summary.duration_usec = now_monotonic_usec() - p->started_usec;
+        p->summary.seconds_left = ((int64_t) p->event.deadline_usec - (int64_t) now_realtime_usec()) /
+                                  (int64_t) USEC_PER_SEC;
+        report_plan_done(&p->event, &p->summary);
+}
+
 int plan_mark_done(Plan *p, pid_t pid) {
         if (p->stage != PLAN_STAGE_SIGNAL || !p->signal)
                 return -ESRCH;

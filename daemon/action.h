@@ -95,6 +95,7 @@ typedef struct PlanSummary {
         uint64_t duration_usec;
         int64_t seconds_left; /* at the end, against the deadline */
         bool cut_by_deadline;
+        bool aborted;         /* the daemon stopped before the plan finished */
 } PlanSummary;
 
 typedef void (*PlanDoneFn)(Plan *p, const PlanSummary *summary, void *userdata);
@@ -109,5 +110,7 @@ int plan_start(Plan *p);
 /** plan_mark_done() - forwards `spotwatchctl done PID` to the signal stage. */
 int plan_mark_done(Plan *p, pid_t pid);
 const char *plan_stage_name(Plan *p);
+/** plan_abort() - the daemon is stopping: emit the plan-done record as aborted (once); no callback. */
+void plan_abort(Plan *p);
 /** plan_close() - abort whatever runs and free from the loop; no callback. */
 void plan_close(Plan *p);

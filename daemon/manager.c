@@ -25,6 +25,7 @@
 #include "notice.h"
 #include "provider.h"
 #include "report.h"
+#include "state.h"
 #include "shared/log.h"
 #include "shared/parse.h"
 
@@ -120,6 +121,11 @@ static void on_watchdog(uv_timer_t *t) {
 
 /* ---- plans -------------------------------------------------------------- */
 
+static bool event_persisted(const NoticeEvent *ev) {
+        /* Manual plans are not the cloud's notices: a restart forgets them. */
+        return ev->kind != EVENT_MANUAL;
+}
+
 static void reply_waiters(Manager *m, const PlanSummary *s) {
         while (m->waiters) {
                 Waiter *w = m->waiters;
@@ -151,6 +157,12 @@ static void on_plan_done(Plan *p, const PlanSummary *s, void *userdata) {
         Manager *m = userdata;
 
         notice_plan_finished(&m->notice, now_realtime_usec());
+        if (event_persisted(&m->notice.plan_event)) {
+                int r = state_record(m->config->state_dir, "done", m->notice.plan_event.id);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to record the end of the plan in '%s': %m, ignoring",
+                                          m->config->state_dir);
+        }
         m->last_summary = *s;
         m->have_summary = true;
         /* We are inside the plan's own callback: free it from the loop. */
@@ -165,6 +177,15 @@ static void on_plan_done(Plan *p, const PlanSummary *s, void *userdata) {
 static int manager_start_plan(Manager *m, const NoticeEvent *ev) {
         const char *instance_id = m->provider ? m->provider->instance_id : NULL;
         int r;
+
+        /* Durably before the first action, so a restart never runs it again. */
+        if (event_persisted(ev)) {
+                r = state_record(m->config->state_dir, "start", ev->id);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to record the plan in '%s': %m; a restart during the "
+                                             "plan could run it again, going on",
+                                          m->config->state_dir);
+        }
 
         r = plan_new(&m->loop, m->config, ev, instance_id, on_plan_done, m, &m->plan);
         if (r < 0)
@@ -393,12 +414,12 @@ static void cmd_trigger(Manager *m, ControlClient *c, const ControlRequest *req)
         NoticeAction a;
 
         if (control_request_check_keys(req, keys, &bad) < 0)
-                return control_client_reply_error(c, "trigger: unknown argument '%s'", bad);
+                return control_client_reply_error(c, "unknown argument '%s'", bad);
         w = control_request_get(req, "wait");
         if (w && parse_bool(w, &wait) < 0)
-                return control_client_reply_error(c, "trigger: wait: expected yes or no, got '%s'", w);
+                return control_client_reply_error(c, "wait: expected yes or no, got '%s'", w);
         if (!client_privileged(m, c))
-                return control_client_reply_error(c, "trigger: permission denied (uid %u)",
+                return control_client_reply_error(c, "permission denied (uid %u)",
                                                   (unsigned) control_client_uid(c));
 
         ev.deadline_usec = now_realtime_usec() + m->config->default_deadline_usec;
@@ -408,12 +429,12 @@ static void cmd_trigger(Manager *m, ControlClient *c, const ControlRequest *req)
         if (a == NOTICE_ACTION_START_PLAN) {
                 report_notice(&out, true, NULL);
                 if (manager_start_plan(m, &out) < 0 && !m->plan)
-                        return control_client_reply_error(c, "trigger: the plan failed to start");
+                        return control_client_reply_error(c, "the plan failed to start");
                 control_client_reply_kv(c, "plan", "started");
         } else if (a == NOTICE_ACTION_JOIN)
                 control_client_reply_kv(c, "plan", "joined");
         else
-                return control_client_reply_error(c, "trigger: refused (%s)", notice_action_to_string(a));
+                return control_client_reply_error(c, "refused (%s)", notice_action_to_string(a));
 
         if (!wait || !m->plan)
                 return control_client_reply_ok(c);
@@ -435,16 +456,16 @@ static void cmd_fake_notice(Manager *m, ControlClient *c, const ControlRequest *
         int r;
 
         if (!m->fake)
-                return control_client_reply_error(c, "fake-notice: the daemon is not in fake-metadata mode "
+                return control_client_reply_error(c, "the daemon is not in fake-metadata mode "
                                                      "(start it with --fake-metadata)");
         if (control_request_check_keys(req, keys, &bad) < 0)
-                return control_client_reply_error(c, "fake-notice: unknown argument '%s'", bad);
+                return control_client_reply_error(c, "unknown argument '%s'", bad);
         if (!client_privileged(m, c))
-                return control_client_reply_error(c, "fake-notice: permission denied");
+                return control_client_reply_error(c, "permission denied");
 
         clear = control_request_get(req, "clear");
         if (clear && (parse_bool(clear, &b) < 0))
-                return control_client_reply_error(c, "fake-notice: clear: expected yes or no, got '%s'", clear);
+                return control_client_reply_error(c, "clear: expected yes or no, got '%s'", clear);
         if (b) {
                 fake_server_clear_notice(m->fake);
                 log_info("Fake metadata: notice cleared");
@@ -454,20 +475,39 @@ static void cmd_fake_notice(Manager *m, ControlClient *c, const ControlRequest *
         action = control_request_get(req, "action") ?: "terminate";
         in = control_request_get(req, "in");
         if (in && parse_duration(in, &in_usec) < 0)
-                return control_client_reply_error(c, "fake-notice: in: invalid duration '%s'", in);
+                return control_client_reply_error(c, "in: invalid duration '%s'", in);
         when = now_realtime_usec() + in_usec;
         if (streq(action, "rebalance"))
                 r = fake_server_set_rebalance(m->fake, when);
         else
                 r = fake_server_set_notice(m->fake, action, when);
         if (r < 0)
-                return control_client_reply_error(c, "fake-notice: action: '%s' is not one of terminate, stop, "
+                return control_client_reply_error(c, "action: '%s' is not one of terminate, stop, "
                                                      "hibernate, rebalance", action);
         log_info("Fake metadata: %s notice for %s put on %s", action, format_rfc3339(t, sizeof(t), when),
                  fake_server_url(m->fake));
         control_client_reply_kv(c, "action", "%s", action);
         control_client_reply_kv(c, "time", "%s", t);
         control_client_reply_ok(c);
+}
+
+/* The real uid of @pid from /proc, or -1. */
+static long process_uid(pid_t pid) {
+        char path[64], line[256];
+        long uid = -1;
+        FILE *f;
+
+        (void) snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+        f = fopen(path, "re");
+        if (!f)
+                return -1;
+        while (fgets(line, sizeof(line), f))
+                if (strncmp(line, "Uid:", 4) == 0) {
+                        uid = strtol(line + 4, NULL, 10);
+                        break;
+                }
+        fclose(f);
+        return uid;
 }
 
 static void cmd_done(Manager *m, ControlClient *c, const ControlRequest *req) {
@@ -477,19 +517,20 @@ static void cmd_done(Manager *m, ControlClient *c, const ControlRequest *req) {
         int r;
 
         if (control_request_check_keys(req, keys, &bad) < 0)
-                return control_client_reply_error(c, "done: unknown argument '%s'", bad);
+                return control_client_reply_error(c, "unknown argument '%s'", bad);
         p = control_request_get(req, "pid");
         if (!p)
                 pid = control_client_pid(c);
         else if (parse_int(p, 1, INT32_MAX, &pid) < 0)
-                return control_client_reply_error(c, "done: pid: not a PID: '%s'", p);
-        if (!client_privileged(m, c) && pid != control_client_pid(c))
-                return control_client_reply_error(c, "done: permission denied");
+                return control_client_reply_error(c, "pid: not a PID: '%s'", p);
+        if (!client_privileged(m, c) && pid != control_client_pid(c) &&
+            process_uid((pid_t) pid) != (long) control_client_uid(c))
+                return control_client_reply_error(c, "permission denied: PID %ld is not yours", pid);
         if (!m->plan)
-                return control_client_reply_error(c, "done: no response plan is running");
+                return control_client_reply_error(c, "no response plan is running");
         r = plan_mark_done(m->plan, (pid_t) pid);
         if (r < 0)
-                return control_client_reply_error(c, "done: PID %ld is not a process the plan waits for", pid);
+                return control_client_reply_error(c, "PID %ld is not a process the plan waits for", pid);
         control_client_reply_ok(c);
 }
 
@@ -593,6 +634,7 @@ static void manager_stop(Manager *m, int code) {
         if (m->plan) {
                 log_warning("Stopping while the response plan runs (%s stage): its hooks are killed",
                             plan_stage_name(m->plan));
+                plan_abort(m->plan);
                 plan_close(m->plan);
                 m->plan = NULL;
         }
@@ -737,6 +779,18 @@ int manager_run(Manager *m) {
         if (r < 0) {
                 log_error_errno(r, "Failed to listen on control socket '%s': %m", m->config->control_socket);
                 goto fail;
+        }
+
+        {
+                char interrupted[4][160];
+                r = state_load(m->config->state_dir, &m->notice, interrupted, ELEMENTSOF(interrupted));
+                if (r < 0)
+                        log_warning_errno(r, "Failed to read the plan record in '%s': %m; notices already "
+                                             "acted on may be acted on again, going on",
+                                          m->config->state_dir);
+                for (int i = 0; i < r && i < (int) ELEMENTSOF(interrupted); i++)
+                        log_warning("The plan for notice '%s' was interrupted by a stop or crash; it is not "
+                                    "run again", interrupted[i]);
         }
 
         r = manager_start_provider(m);

@@ -301,9 +301,13 @@ void report_plan_done(const NoticeEvent *ev, const PlanSummary *s) {
         char d[32];
 
         record_init(&r, REPORT_PLAN_DONE,
-                    s->n_signal_failed + s->n_hooks_failed > 0 || s->cut_by_deadline ? LOG_WARNING : LOG_NOTICE);
+                    s->n_signal_failed + s->n_hooks_failed > 0 || s->cut_by_deadline || s->aborted ? LOG_WARNING
+                                                                                                 : LOG_NOTICE);
         (void) format_duration(d, sizeof(d), s->duration_usec);
-        if (ev->deadline_usec > 0)
+        if (s->aborted)
+                message(&r, "Response plan for %s notice aborted after %s: the daemon is stopping",
+                        event_kind_to_string(ev->kind), d);
+        else if (ev->deadline_usec > 0)
                 message(&r,
                         "Response plan for %s notice finished in %s: %u signalled (%u failed), %u hooks ok, "
                         "%u failed, %" PRId64 "s left before the deadline%s",
@@ -325,5 +329,7 @@ void report_plan_done(const NoticeEvent *ev, const PlanSummary *s) {
         if (ev->deadline_usec > 0)
                 field(&r, "SPOTWATCH_SECONDS_LEFT", "%" PRId64, s->seconds_left);
         field(&r, "SPOTWATCH_CUT_BY_DEADLINE", "%s", s->cut_by_deadline ? "yes" : "no");
+        if (s->aborted)
+                field(&r, "SPOTWATCH_ABORTED", "yes");
         record_emit(&r);
 }

@@ -24,7 +24,8 @@ static void help(void) {
                "  status                          what the daemon watches, its last poll, the plan\n"
                "  trigger [--wait]                run the response plan now (a manual notice);\n"
                "                                  --wait returns when the plan has finished\n"
-               "  done [--pid PID]                tell the running plan this process has checkpointed\n"
+               "  done [--pid PID]                tell the running plan that PID (default: the process\n"
+               "                                  that runs spotwatchctl) has checkpointed\n"
                "  fake-notice [--action A] [--in SECONDS] [--clear]\n"
                "                                  fake-metadata mode: put a notice on the fake metadata\n"
                "                                  service; A is terminate (default), stop, hibernate or\n"
@@ -229,8 +230,11 @@ int main(int argc, char *argv[]) {
         } else if (streq(command, "done")) {
                 if (wait || action || in || clear)
                         goto bad_option;
-                if (pid)
-                        r = add_arg(line, sizeof(line), "pid", pid);
+                /* Without --pid: the process that ran us, e.g. the trainer
+                 * calling `spotwatchctl done` from its signal handler. */
+                char ppid[32];
+                (void) snprintf(ppid, sizeof(ppid), "%d", (int) getppid());
+                r = add_arg(line, sizeof(line), "pid", pid ?: ppid);
         } else {
                 fprintf(stderr, "spotwatchctl: unknown command '%s'\nTry 'spotwatchctl --help'.\n", command);
                 return 1;
