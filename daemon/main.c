@@ -5,6 +5,7 @@
  * The only place that exits.
  */
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -111,6 +112,10 @@ int main(int argc, char *argv[]) {
         }
 
         uv_disable_stdio_inheritance();
+        /* A control client that hangs up before its answer must not kill us;
+         * write errors come back as EPIPE instead. (libuv resets signal
+         * dispositions in the children it spawns.) */
+        (void) signal(SIGPIPE, SIG_IGN);
         log_open(config->log);
         if (verbose)
                 log_set_max_level(LOG_DEBUG);

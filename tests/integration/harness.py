@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 SPOTWATCHD = os.environ.get("SPOTWATCHD", "spotwatchd")
@@ -109,7 +110,13 @@ class Daemon:
         notify_path = os.path.join(self.tmp, "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(notify_path)
-        self.notify.setblocking(False)
+        self.notify.settimeout(0.1)
+        # Drain the socket all the time, as systemd does: the kernel queues only
+        # a few datagrams, and sd_notify() blocks the daemon when it is full.
+        self.notify_lock = threading.Lock()
+        self.notify_stop = False
+        self.notify_thread = threading.Thread(target=self._notify_reader, daemon=True)
+        self.notify_thread.start()
         env = dict(os.environ)
         env["NOTIFY_SOCKET"] = notify_path
         env.update(self.env or {})
@@ -139,6 +146,8 @@ class Daemon:
         if self.proc and self.proc.poll() is None:
             self.stop()
         if self.notify:
+            self.notify_stop = True
+            self.notify_thread.join(2)
             self.notify.close()
         text = self.stderr_text() if self.proc else ""
         if et is not None:
@@ -162,14 +171,20 @@ class Daemon:
         return self.proc.returncode
 
     # -- sd_notify --------------------------------------------------------
-    def read_notify(self):
-        while self.notify:
+    def _notify_reader(self):
+        while not self.notify_stop:
             try:
                 data = self.notify.recv(4096)
-            except BlockingIOError:
-                break
-            self.notify_messages.extend(data.decode(errors="replace").split("\n"))
-        return self.notify_messages
+            except (socket.timeout, BlockingIOError):
+                continue
+            except OSError:
+                return
+            with self.notify_lock:
+                self.notify_messages.extend(data.decode(errors="replace").split("\n"))
+
+    def read_notify(self):
+        with self.notify_lock:
+            return list(self.notify_messages)
 
     def has_notify(self, line):
         return line in self.read_notify()

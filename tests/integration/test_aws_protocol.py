@@ -1,3 +1,181 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""The AWS IMDSv2 conversation, seen from an independent fake metadata
+service (fake_imds.py): a token on every GET, exactly one token PUT per TTL,
+one PUT and one retry after a 401, one keep-alive connection for all polls,
+one plan for a notice served on 20 polls, rebalance reported without a plan,
+the instance id fetched once.
+
+One daemon runs through the phases in order (about 15 s); each phase reads
+the fake's request log.
+
+The token rule under test (daemon/provider-aws.h): a token is fetched again
+when less than max(TTL / 10, 2 poll intervals) of it remains. The fake
+grants 3 s and the daemon polls every 200 ms, so a PUT follows the previous
+one after 2.6-2.8 s: PUTs at about 0, 2.6 and 5.2 s, the 4th not before
+7.8 s, hence exactly 3 PUTs in the first 7 s, and never a gap of 3 s or more
+(which would let the token expire).
+"""
+import os
+import shutil
+import signal
 import sys
-sys.exit("not written yet")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+from harness import Daemon, count_plans, spawn_sleeper, usr1_count, wait_until  # noqa: E402
+from fake_imds import ACTION_PATH, INSTANCE_ID_PATH, REBALANCE_PATH, TOKEN_PATH, FakeImds, rfc3339  # noqa: E402
+
+NAME = "test_aws_protocol"
+TTL = 3
+POLL = 0.2
+CHECKS = 0
+
+
+def waitd(d, fn, timeout, what):
+    """wait_until() that also drains the daemon's NOTIFY_SOCKET: nothing else reads it while
+    the test runs, and once its queue is full (net.unix.max_dgram_qlen, 10) sd_notify() blocks."""
+    return wait_until(lambda: (d.read_notify(), fn())[1], timeout, what=what)
+
+
+def check(cond, what):
+    global CHECKS
+    harness.check(cond, what)
+    CHECKS += 1
+
+
+def notice_records(d, event):
+    return [r for r in d.records("notice") if r.get("SPOTWATCH_EVENT") == event]
+
+
+def run():
+    fake = FakeImds(max_ttl=TTL).start()
+    tmp = harness.mkdtemp()
+    sleeper, pidfile, marker = spawn_sleeper(tmp)
+    try:
+        sections = f'[process "t"]\npidfile = {pidfile}\nwait = 0\n'
+        with Daemon(sections=sections, daemon_keys={"metadata_url": fake.url, "poll_interval": "200ms",
+                                                   "cloud": "aws", "request_timeout": "2s"}) as d:
+            phase_token_ttl(fake, d)
+            phase_401_once(fake, d)
+            phase_rebalance(fake, d, marker)
+            phase_notice(fake, d, marker)
+            phase_whole_run(fake)
+            check(d.stop() == 0, "spotwatchd exits 0 on SIGTERM")
+    finally:
+        fake.stop()
+        if sleeper.poll() is None:
+            sleeper.send_signal(signal.SIGKILL)
+        sleeper.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def phase_token_ttl(fake, d):
+    print(f"-- token PUTs with a granted TTL of {TTL} s, polling every {POLL} s", flush=True)
+    first = waitd(d, lambda: fake.requests("PUT", TOKEN_PATH), 5, what="first token PUT")[0]
+    t0 = first["time"]
+    waitd(d, lambda: fake.requests("GET", ACTION_PATH, since=t0 + 7.3), 10, what="7 s of polling")
+
+    window = [e for e in fake.requests(since=t0) if e["time"] < t0 + 7.0]
+    puts = [e for e in window if e["method"] == "PUT"]
+    check(all(e["status"] == 200 for e in puts), "every token PUT succeeded")
+    check(all(e["headers"].get("x-aws-ec2-metadata-token-ttl-seconds", "").isdigit() for e in puts),
+          "every token PUT asks for a TTL")
+    check(len(puts) == 3, f"exactly 3 token PUTs in 7 s with a {TTL} s TTL (got {len(puts)} at "
+          + ", ".join(f"{e['time'] - t0:.2f}" for e in puts) + ")")
+    gaps = [b["time"] - a["time"] for a, b in zip(puts, puts[1:])]
+    check(all(TTL - 2 * POLL - 0.3 <= g < TTL for g in gaps),
+          "a new token comes 2.4-3.0 s after the last, before it expires (gaps "
+          + ", ".join(f"{g:.2f}" for g in gaps) + ")")
+
+    gets = [e for e in window if e["method"] == "GET"]
+    check(all(e["token"] and e["token_ok"] for e in gets),
+          f"all {len(gets)} GETs carry a valid token")
+    check(not [e for e in window if e["status"] == 401], "no 401 while the token is refreshed in time")
+    polls = [e for e in gets if e["path"] == ACTION_PATH]
+    check(len(polls) >= 25, f"spot/instance-action polled about every 200 ms ({len(polls)} in 7 s)")
+    check(len([e for e in gets if e["path"] == REBALANCE_PATH]) >= 25, "the rebalance recommendation is polled too")
+    ports = {e["client_port"] for e in fake.requests()}
+    check(len(polls) >= 10 and len(ports) == 1,
+          f"one TCP connection serves {len(polls)} polls and their token PUTs (ports {sorted(ports)})")
+
+
+def phase_401_once(fake, d):
+    print("-- a 401 on a GET with a valid token: one new token, one retry", flush=True)
+    puts_before = len(fake.requests("PUT"))
+    fake.fault = "401-once"
+    e401 = waitd(d, lambda: [e for e in fake.requests("GET", ACTION_PATH) if e["status"] == 401], 5,
+                      what="the 401")[0]
+    waitd(d, lambda: len([e for e in fake.requests("GET", ACTION_PATH, since=e401["time"])
+                            if e["status"] == 404]) >= 3, 5, what="polls after the 401")
+    after = [e for e in fake.requests(since=e401["time"]) if e["status"] != 401]
+    check(after[0]["method"] == "PUT" and after[0]["status"] == 200, "the 401 is followed by a token PUT")
+    check(after[1]["method"] == "GET" and after[1]["path"] == ACTION_PATH and after[1]["status"] == 404,
+          "then the same GET is retried and answered")
+    check(after[1]["token"] == fake.tokens_granted[-1][0] != e401["token"], "the retry carries the new token")
+    check(len([e for e in fake.requests("PUT") if e["time"] < e401["time"] + 1.0]) == puts_before + 1,
+          "exactly one extra PUT for the 401")
+    check(len([e for e in fake.requests() if e["status"] == 401]) == 1, "only one 401 in all")
+    check("Metadata poll failed" not in d.stderr_text() and "instance-action" not in d.stderr_text(),
+          "a 401 fixed by the retry is no error")
+
+
+def phase_rebalance(fake, d, marker):
+    print("-- a rebalance recommendation is reported and starts no plan", flush=True)
+    fake.rebalance = rfc3339()
+    recs = waitd(d, lambda: notice_records(d, "rebalance"), 5, what="a rebalance [notice] record")
+    check(recs[0].get("SPOTWATCH_CLOUD") == "aws", "the rebalance notice names the cloud")
+    check(recs[0].get("SPOTWATCH_NOTICE_ID", "").startswith("aws:rebalance:"),
+          "its id is aws:rebalance:TIME")
+    # Several more polls serve it.
+    since = fake.requests(path=REBALANCE_PATH)[-1]["time"]
+    waitd(d, lambda: len([e for e in fake.requests("GET", REBALANCE_PATH, since=since)
+                            if e["status"] == 200]) >= 5, 5, what="5 more polls serving the rebalance")
+    check(count_plans(d) == 0, "no plan for a rebalance recommendation")
+    check(usr1_count(marker) == 0, "the registered process was not signalled")
+    fake.rebalance = None
+
+
+def phase_notice(fake, d, marker):
+    print("-- a terminate notice served on 20 polls starts exactly one plan", flush=True)
+    fake.notice = ("terminate", rfc3339(120))
+    waitd(d, lambda: len([e for e in fake.requests("GET", ACTION_PATH) if e["status"] == 200]) >= 20, 10,
+               what="20 polls serving the notice")
+    waitd(d, lambda: usr1_count(marker) >= 1, 5, what="SIGUSR1 to the registered process")
+    served = [e for e in fake.requests("GET", ACTION_PATH) if e["status"] == 200]
+    check(len(served) >= 20, f"the notice was served on {len(served)} consecutive polls")
+    check(count_plans(d) == 1, f"exactly one plan started (got {count_plans(d)})")
+    check(usr1_count(marker) == 1, f"the process got exactly one SIGUSR1 (got {usr1_count(marker)})")
+    recs = notice_records(d, "terminate")
+    check(recs and recs[0].get("SPOTWATCH_NOTICE_ID", "").startswith("aws:spot:terminate:"),
+          "the notice id is aws:spot:terminate:TIME")
+    plan = d.records("plan-start")
+    check(plan and plan[0].get("SPOTWATCH_INSTANCE_ID") == fake.instance_id,
+          "the plan knows the instance id")
+
+
+def phase_whole_run(fake):
+    print("-- over the whole run", flush=True)
+    log = fake.requests()
+    gets = [e for e in log if e["method"] == "GET"]
+    check(all(e["token"] for e in gets), f"a token on every one of {len(gets)} GETs")
+    check(len([e for e in log if e["path"] == INSTANCE_ID_PATH]) == 1, "the instance id was fetched exactly once")
+    ports = {e["client_port"] for e in log}
+    check(len(ports) == 1, f"one TCP connection for all {len(log)} requests")
+
+
+def main():
+    try:
+        run()
+    except Exception as e:  # noqa: BLE001 - print it, fail the test
+        import traceback
+        traceback.print_exc()
+        print(f"{NAME}: FAILED after {CHECKS} checks: {e}", flush=True)
+        return 1
+    print(f"{NAME}: {CHECKS} checks ok", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

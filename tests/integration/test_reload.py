@@ -31,7 +31,7 @@ def test_reload_good_and_bad():
         check("RELOADING=1" in msgs and msgs.count("READY=1") >= 2, "sd_notify RELOADING=1 then READY=1")
 
         with open(d.config_path, "w") as f:
-            f.write(good + "\n[daemon]\nbogus_key = 1\n")
+            f.write(good.replace("[daemon]\n", "[daemon]\nbogus_key = 1\n", 1))
         d.proc.send_signal(signal.SIGHUP)
         d.wait_stderr(r"keeping previous configuration", 5)
         check("bogus_key" in d.stderr_text(), "the rejected config's error names the key")

@@ -1,6 +1,407 @@
 /* SPDX-License-Identifier: MIT */
-#include <stdio.h>
+/*
+ * test-provider-aws.c - tables of spot/instance-action, rebalance and token
+ * TTL inputs through the AWS provider's pure parsers, the token refresh and
+ * backoff arithmetic, and provider_new()'s argument handling. No network.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "config.h"
+#include "http.h"
+#include "provider-aws.h"
+#include "provider.h"
+#include "shared/macro.h"
+#include "tests.h"
+
+#define T_1320 UINT64_C(1795785600) /* 2026-11-27T13:20:00Z */
+#define T_1220 UINT64_C(1795782000) /* 2026-11-27T12:20:00Z */
+#define T_REBALANCE UINT64_C(1603786920) /* 2020-10-27T08:22:00Z */
+
+/* A body given with its exact size, so it may hold NULs. */
+#define BODY(s) .body = (s), .size = sizeof(s) - 1
+#define BODY_ARGS(s) (s), sizeof(s) - 1
+
+typedef struct GoodCase {
+        const char *body;
+        size_t size;
+        EventKind kind;
+        uint64_t deadline_usec;
+        const char *id;
+        const char *detail;
+} GoodCase;
+
+static const GoodCase good_actions[] = {
+        { BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00Z\"}"), EVENT_TERMINATE,
+          T_1320 * USEC_PER_SEC, "aws:spot:terminate:2026-11-27T13:20:00Z", "terminate" },
+        { BODY("{\"action\":\"stop\",\"time\":\"2026-11-27T13:20:00Z\"}"), EVENT_STOP, T_1320 * USEC_PER_SEC,
+          "aws:spot:stop:2026-11-27T13:20:00Z", "stop" },
+        { BODY("{\"action\": \"hibernate\", \"time\": \"2026-11-27T13:20:00Z\"}"), EVENT_HIBERNATE,
+          T_1320 * USEC_PER_SEC, "aws:spot:hibernate:2026-11-27T13:20:00Z", "hibernate" },
+        /* Fractions are kept in the deadline; the id is normalised to seconds. */
+        { BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00.250Z\"}"), EVENT_TERMINATE,
+          T_1320 * USEC_PER_SEC + 250000, "aws:spot:terminate:2026-11-27T13:20:00Z", "terminate" },
+        { BODY("{\"action\": \"stop\", \"time\": \"2026-11-27T13:20:00.123456789Z\"}"), EVENT_STOP,
+          T_1320 * USEC_PER_SEC + 123456, "aws:spot:stop:2026-11-27T13:20:00Z", "stop" },
+        /* Offsets become UTC. */
+        { BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27T14:20:00+01:00\"}"), EVENT_TERMINATE,
+          T_1320 * USEC_PER_SEC, "aws:spot:terminate:2026-11-27T13:20:00Z", "terminate" },
+        { BODY("{\"action\": \"hibernate\", \"time\": \"2026-11-27T07:50:00.5-04:30\"}"), EVENT_HIBERNATE,
+          T_1220 * USEC_PER_SEC + 500000, "aws:spot:hibernate:2026-11-27T12:20:00Z", "hibernate" },
+        /* Member order, extra members, whitespace and a trailing newline do not matter. */
+        { BODY(" {\"time\": \"2026-11-27T13:20:00Z\", \"x\": [1, {\"y\": null}], \"action\": \"terminate\"}\n"),
+          EVENT_TERMINATE, T_1320 * USEC_PER_SEC, "aws:spot:terminate:2026-11-27T13:20:00Z", "terminate" },
+        /* The same member twice: the last one counts, as in json-c. */
+        { BODY("{\"action\": \"reboot\", \"action\": \"stop\", \"time\": \"2026-11-27T13:20:00Z\"}"), EVENT_STOP,
+          T_1320 * USEC_PER_SEC, "aws:spot:stop:2026-11-27T13:20:00Z", "stop" },
+};
+
+typedef struct BadCase {
+        const char *name;
+        const char *body;
+        size_t size;
+} BadCase;
+
+static const BadCase bad_actions[] = {
+        { "empty", BODY("") },
+        { "space", BODY("  \n") },
+        { "garbage", BODY("<html><body>Service Unavailable</body></html>") },
+        { "null", BODY("null") },
+        { "true", BODY("true") },
+        { "number", BODY("5") },
+        { "string", BODY("\"terminate\"") },
+        { "array", BODY("[]") },
+        { "array of object", BODY("[{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00Z\"}]") },
+        { "empty object", BODY("{}") },
+        { "missing time", BODY("{\"action\": \"terminate\"}") },
+        { "missing action", BODY("{\"time\": \"2026-11-27T13:20:00Z\"}") },
+        { "action number", BODY("{\"action\": 5, \"time\": []}") },
+        { "action null", BODY("{\"action\": null, \"time\": \"2026-11-27T13:20:00Z\"}") },
+        { "action object", BODY("{\"action\": {}, \"time\": \"2026-11-27T13:20:00Z\"}") },
+        { "action bool", BODY("{\"action\": true, \"time\": \"2026-11-27T13:20:00Z\"}") },
+        { "time number", BODY("{\"action\": \"terminate\", \"time\": 1795785600}") },
+        { "time array", BODY("{\"action\": \"terminate\", \"time\": [\"2026-11-27T13:20:00Z\"]}") },
+        { "time null", BODY("{\"action\": \"terminate\", \"time\": null}") },
+        { "unknown action", BODY("{\"action\": \"reboot\", \"time\": \"2026-11-27T13:20:00Z\"}") },
+        { "action case", BODY("{\"action\": \"Terminate\", \"time\": \"2026-11-27T13:20:00Z\"}") },
+        { "action padded", BODY("{\"action\": \"terminate \", \"time\": \"2026-11-27T13:20:00Z\"}") },
+        { "action empty", BODY("{\"action\": \"\", \"time\": \"2026-11-27T13:20:00Z\"}") },
+        { "time words", BODY("{\"action\": \"terminate\", \"time\": \"in two minutes\"}") },
+        { "time empty", BODY("{\"action\": \"terminate\", \"time\": \"\"}") },
+        { "time no zone", BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00\"}") },
+        { "time month 13", BODY("{\"action\": \"terminate\", \"time\": \"2026-13-27T13:20:00Z\"}") },
+        { "time Feb 30", BODY("{\"action\": \"terminate\", \"time\": \"2026-02-30T13:20:00Z\"}") },
+        { "time trailing", BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00Zjunk\"}") },
+        { "time date only", BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27\"}") },
+        { "NUL in body", BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00Z\"}\0garbage") },
+        { "NUL first", BODY("\0{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00Z\"}") },
+        { "NUL in string", BODY("{\"action\": \"term\0inate\", \"time\": \"2026-11-27T13:20:00Z\"}") },
+        { "escaped NUL action", BODY("{\"action\": \"terminate\\u0000x\", \"time\": \"2026-11-27T13:20:00Z\"}") },
+        { "escaped NUL time", BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00Z\\u0000\"}") },
+        { "truncated", BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00Z\"") },
+        { "truncated string", BODY("{\"action\": \"termin") },
+        { "trailing garbage", BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00Z\"} x") },
+        { "two objects", BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00Z\"}{}") },
+        { "single quotes", BODY("{'action': 'terminate', 'time': '2026-11-27T13:20:00Z'}") },
+        { "trailing comma", BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00Z\",}") },
+        { "bad UTF-8", BODY("{\"action\": \"terminate\xff\", \"time\": \"2026-11-27T13:20:00Z\"}") },
+        { "huge number", BODY("{\"action\": 1e999999, \"time\": 99999999999999999999999999999999}") },
+        { "huge time number", BODY("{\"action\": \"terminate\", \"time\": 1e400}") },
+        { "deep member", BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00Z\", "
+                              "\"x\": [[[[[[[[[[[[1]]]]]]]]]]]]}") },
+};
+
+static void assert_untouched(const NoticeEvent *ev) {
+        NoticeEvent sentinel;
+
+        memset(&sentinel, 0xA5, sizeof(sentinel));
+        ASSERT_EQ(memcmp(ev, &sentinel, sizeof(sentinel)), 0);
+}
+
+static void test_instance_action_good(void) {
+        for (size_t i = 0; i < ELEMENTSOF(good_actions); i++) {
+                const GoodCase *c = &good_actions[i];
+                NoticeEvent ev;
+
+                fprintf(stderr, "  good[%zu]: %s\n", i, c->body);
+                memset(&ev, 0xA5, sizeof(ev));
+                ASSERT_OK(aws_parse_instance_action(c->body, c->size, &ev));
+                ASSERT_EQ(ev.kind, c->kind);
+                ASSERT_EQ(ev.cloud, CLOUD_AWS);
+                ASSERT_U64_EQ(ev.deadline_usec, c->deadline_usec);
+                ASSERT_U64_EQ(ev.notice_usec, 0);
+                ASSERT_STREQ(ev.id, c->id);
+                ASSERT_STREQ(ev.detail, c->detail);
+        }
+}
+
+static void test_instance_action_bad(void) {
+        for (size_t i = 0; i < ELEMENTSOF(bad_actions); i++) {
+                const BadCase *c = &bad_actions[i];
+                NoticeEvent ev;
+
+                fprintf(stderr, "  bad: %s\n", c->name);
+                memset(&ev, 0xA5, sizeof(ev));
+                ASSERT_ERR(aws_parse_instance_action(c->body, c->size, &ev), EBADMSG);
+                assert_untouched(&ev);
+        }
+
+        /* NULL and size 0 with a non-empty buffer. */
+        NoticeEvent ev;
+        memset(&ev, 0xA5, sizeof(ev));
+        ASSERT_ERR(aws_parse_instance_action(NULL, 0, &ev), EBADMSG);
+        ASSERT_ERR(aws_parse_instance_action("{\"action\": \"stop\"}", 0, &ev), EBADMSG);
+        assert_untouched(&ev);
+}
+
+/* Build "{" "[" * n ... "]" * n "}" style inputs and very long strings at run time. */
+static void test_instance_action_generated(void) {
+        const size_t big = 1 << 20;
+        NoticeEvent ev;
+        char *b;
+        size_t n;
+
+        b = malloc(big + 256);
+        ASSERT_TRUE(b);
+
+        /* 100-deep nesting, as an array and as objects. */
+        n = 0;
+        for (int i = 0; i < 100; i++)
+                b[n++] = '[';
+        for (int i = 0; i < 100; i++)
+                b[n++] = ']';
+        memset(&ev, 0xA5, sizeof(ev));
+        ASSERT_ERR(aws_parse_instance_action(b, n, &ev), EBADMSG);
+        assert_untouched(&ev);
+
+        n = 0;
+        for (int i = 0; i < 100; i++)
+                n += (size_t) sprintf(b + n, "{\"a\":");
+        n += (size_t) sprintf(b + n, "1");
+        for (int i = 0; i < 100; i++)
+                b[n++] = '}';
+        ASSERT_ERR(aws_parse_instance_action(b, n, &ev), EBADMSG);
+        assert_untouched(&ev);
+
+        /* 100,000 unclosed brackets: the depth limit, not the stack, stops it. */
+        memset(b, '[', 100000);
+        ASSERT_ERR(aws_parse_instance_action(b, 100000, &ev), EBADMSG);
+        assert_untouched(&ev);
+
+        /* A 1 MiB action string. */
+        n = (size_t) sprintf(b, "{\"action\": \"");
+        memset(b + n, 'x', big);
+        n += big;
+        n += (size_t) sprintf(b + n, "\", \"time\": \"2026-11-27T13:20:00Z\"}");
+        ASSERT_ERR(aws_parse_instance_action(b, n, &ev), EBADMSG);
+        assert_untouched(&ev);
+
+        /* A 1 MiB time string. */
+        n = (size_t) sprintf(b, "{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00");
+        memset(b + n, '0', big);
+        n += big;
+        n += (size_t) sprintf(b + n, "Z\"}");
+        ASSERT_ERR(aws_parse_instance_action(b, n, &ev), EBADMSG);
+        assert_untouched(&ev);
+
+        /* A long fraction that is still a valid time is fine (64 bytes max). */
+        n = (size_t) sprintf(b, "{\"action\": \"stop\", \"time\": \"2026-11-27T13:20:00.%s\"}",
+                             "123456789012345678901234567890123456Z");
+        ASSERT_OK(aws_parse_instance_action(b, n, &ev));
+        ASSERT_U64_EQ(ev.deadline_usec, T_1320 * USEC_PER_SEC + 123456);
+
+        /* A valid object padded with 1 MiB of whitespace. */
+        n = (size_t) sprintf(b, "{\"action\": \"stop\", \"time\": \"2026-11-27T13:20:00Z\"}");
+        memset(b + n, ' ', big);
+        n += big;
+        ASSERT_OK(aws_parse_instance_action(b, n, &ev));
+        ASSERT_EQ(ev.kind, EVENT_STOP);
+
+        /* Every byte value in the action. */
+        for (int c = 1; c < 256; c++) {
+                n = (size_t) sprintf(b, "{\"action\": \"stop%c\", \"time\": \"2026-11-27T13:20:00Z\"}", c);
+                memset(&ev, 0xA5, sizeof(ev));
+                ASSERT_ERR(aws_parse_instance_action(b, n, &ev), EBADMSG);
+                assert_untouched(&ev);
+        }
+
+        /* Every prefix of a valid body is rejected; none reads past its size. */
+        n = (size_t) sprintf(b, "{\"action\": \"hibernate\", \"time\": \"2026-11-27T13:20:00.5+01:00\"}");
+        for (size_t len = 0; len < n; len++) {
+                char *copy = malloc(len ? len : 1);
+
+                ASSERT_TRUE(copy);
+                memcpy(copy, b, len);
+                ASSERT_ERR(aws_parse_instance_action(copy, len, &ev), EBADMSG);
+                free(copy);
+        }
+
+        free(b);
+}
+
+static void test_rebalance(void) {
+        static const BadCase bad[] = {
+                { "empty", BODY("") },
+                { "garbage", BODY("Not Found") },
+                { "null", BODY("null") },
+                { "array", BODY("[\"2020-10-27T08:22:00Z\"]") },
+                { "missing", BODY("{}") },
+                { "wrong name", BODY("{\"noticetime\": \"2020-10-27T08:22:00Z\"}") },
+                { "instance-action body", BODY("{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00Z\"}") },
+                { "number", BODY("{\"noticeTime\": 1603786920}") },
+                { "bad time", BODY("{\"noticeTime\": \"soon\"}") },
+                { "NUL", BODY("{\"noticeTime\": \"2020-10-27T08:22:00Z\"}\0") },
+                { "escaped NUL", BODY("{\"noticeTime\": \"2020-10-27T08:22:00Z\\u0000\"}") },
+                { "truncated", BODY("{\"noticeTime\": \"2020-10-27T08:22:00Z\"") },
+        };
+        NoticeEvent ev;
+
+        memset(&ev, 0xA5, sizeof(ev));
+        ASSERT_OK(aws_parse_rebalance(BODY_ARGS("{\"noticeTime\": \"2020-10-27T08:22:00Z\"}"), &ev));
+        ASSERT_EQ(ev.kind, EVENT_REBALANCE);
+        ASSERT_EQ(ev.cloud, CLOUD_AWS);
+        ASSERT_U64_EQ(ev.deadline_usec, 0);
+        ASSERT_STREQ(ev.id, "aws:rebalance:2020-10-27T08:22:00Z");
+        ASSERT_STREQ(ev.detail, "rebalance");
+
+        ASSERT_OK(aws_parse_rebalance(BODY_ARGS("{\"noticeTime\":\"2020-10-27T09:22:00.9+01:00\",\"x\":1}\n"), &ev));
+        ASSERT_STREQ(ev.id, "aws:rebalance:2020-10-27T08:22:00Z");
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                fprintf(stderr, "  bad: %s\n", bad[i].name);
+                memset(&ev, 0xA5, sizeof(ev));
+                ASSERT_ERR(aws_parse_rebalance(bad[i].body, bad[i].size, &ev), EBADMSG);
+                assert_untouched(&ev);
+        }
+}
+
+static void test_token_ttl(void) {
+        static const struct {
+                const char *value;
+                int error;
+                uint64_t usec;
+        } cases[] = {
+                { "21600", 0, 21600 * USEC_PER_SEC },
+                { "3", 0, 3 * USEC_PER_SEC },
+                { "1", 0, USEC_PER_SEC },
+                { "0021", 0, 21 * USEC_PER_SEC },
+                { "0", ERANGE, 0 },
+                { "21601", ERANGE, 0 },
+                { "99999999999999999999999999", ERANGE, 0 },
+                { "", EINVAL, 0 },
+                { "-5", EINVAL, 0 },
+                { "+5", EINVAL, 0 },
+                { " 5", EINVAL, 0 },
+                { "5 ", EINVAL, 0 },
+                { "5s", EINVAL, 0 },
+                { "3.5", EINVAL, 0 },
+                { "0x10", EINVAL, 0 },
+                { "abc", EINVAL, 0 },
+                { "1e3", EINVAL, 0 },
+        };
+        uint64_t usec;
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                fprintf(stderr, "  ttl '%s'\n", cases[i].value);
+                usec = 4242;
+                if (cases[i].error == 0) {
+                        ASSERT_OK(aws_parse_token_ttl(cases[i].value, &usec));
+                        ASSERT_U64_EQ(usec, cases[i].usec);
+                } else {
+                        ASSERT_EQ(aws_parse_token_ttl(cases[i].value, &usec), -cases[i].error);
+                        ASSERT_U64_EQ(usec, 4242);
+                }
+        }
+        ASSERT_ERR(aws_parse_token_ttl(NULL, &usec), EINVAL);
+}
+
+static void test_refresh_margin(void) {
+        /* The integration test's numbers: TTL 3 s, poll 200 ms -> refetch 400 ms before expiry. */
+        ASSERT_U64_EQ(aws_token_refresh_margin_usec(3 * USEC_PER_SEC, 200 * USEC_PER_MSEC), 400 * USEC_PER_MSEC);
+        ASSERT_U64_EQ(aws_token_refresh_margin_usec(21600 * USEC_PER_SEC, USEC_PER_SEC), 2160 * USEC_PER_SEC);
+        ASSERT_U64_EQ(aws_token_refresh_margin_usec(10 * USEC_PER_SEC, 5 * USEC_PER_SEC), 10 * USEC_PER_SEC);
+        ASSERT_U64_EQ(aws_token_refresh_margin_usec(USEC_PER_SEC, UINT64_MAX), UINT64_MAX);
+}
+
+static void test_backoff(void) {
+        const uint64_t ms = USEC_PER_MSEC;
+
+        ASSERT_U64_EQ(aws_backoff_usec(200 * ms, 1), 400 * ms);
+        ASSERT_U64_EQ(aws_backoff_usec(200 * ms, 2), 800 * ms);
+        ASSERT_U64_EQ(aws_backoff_usec(200 * ms, 3), 1600 * ms);
+        ASSERT_U64_EQ(aws_backoff_usec(200 * ms, 4), 3200 * ms);
+        ASSERT_U64_EQ(aws_backoff_usec(200 * ms, 5), AWS_BACKOFF_CAP_USEC);
+        ASSERT_U64_EQ(aws_backoff_usec(200 * ms, 64), AWS_BACKOFF_CAP_USEC);
+        ASSERT_U64_EQ(aws_backoff_usec(200 * ms, UINT32_MAX), AWS_BACKOFF_CAP_USEC);
+        ASSERT_U64_EQ(aws_backoff_usec(USEC_PER_SEC, 1), 2 * USEC_PER_SEC);
+        ASSERT_U64_EQ(aws_backoff_usec(USEC_PER_SEC, 3), AWS_BACKOFF_CAP_USEC);
+        /* A long interval is never shortened, nor stretched. */
+        ASSERT_U64_EQ(aws_backoff_usec(10 * USEC_PER_SEC, 1), 10 * USEC_PER_SEC);
+        ASSERT_U64_EQ(aws_backoff_usec(UINT64_MAX / 2, 7), UINT64_MAX / 2);
+        ASSERT_U64_EQ(aws_backoff_usec(UINT64_MAX, 7), UINT64_MAX);
+}
+
+static void test_provider_new(void) {
+        _cleanup_(config_freep) Config *c = NULL;
+        uv_loop_t loop;
+        Http *h = NULL;
+        Provider *p = NULL;
+
+        ASSERT_STREQ(provider_default_url(CLOUD_AWS), "http://169.254.169.254");
+        ASSERT_STREQ(provider_default_url(CLOUD_GCP), "http://169.254.169.254");
+        ASSERT_STREQ(provider_default_url(CLOUD_AZURE), "http://169.254.169.254");
+        ASSERT_STREQ(provider_default_url(CLOUD_ALIBABA), "http://100.100.100.200");
+        ASSERT_TRUE(provider_default_url(CLOUD_AUTO) == NULL);
+        ASSERT_TRUE(provider_default_url(_CLOUD_MAX) == NULL);
+        ASSERT_TRUE(provider_default_url(_CLOUD_INVALID) == NULL);
+
+        ASSERT_OK(config_new_default(&c));
+        ASSERT_EQ(uv_loop_init(&loop), 0);
+        ASSERT_OK(http_new(&loop, &h));
+
+        ASSERT_ERR(provider_new(CLOUD_GCP, &loop, h, c, NULL, NULL, NULL, &p), EOPNOTSUPP);
+        ASSERT_ERR(provider_new(CLOUD_AZURE, &loop, h, c, NULL, NULL, NULL, &p), EOPNOTSUPP);
+        ASSERT_ERR(provider_new(CLOUD_ALIBABA, &loop, h, c, NULL, NULL, NULL, &p), EOPNOTSUPP);
+        ASSERT_ERR(provider_new(CLOUD_AUTO, &loop, h, c, NULL, NULL, NULL, &p), EINVAL);
+        ASSERT_ERR(provider_new(_CLOUD_MAX, &loop, h, c, NULL, NULL, NULL, &p), EINVAL);
+        ASSERT_ERR(provider_new(CLOUD_AWS, &loop, h, c, "///", NULL, NULL, &p), EINVAL);
+        ASSERT_TRUE(p == NULL);
+
+        ASSERT_OK(provider_new(CLOUD_AWS, &loop, h, c, NULL, NULL, NULL, &p));
+        ASSERT_STREQ(p->base_url, "http://169.254.169.254");
+        ASSERT_TRUE(p->vtable == &provider_aws_vtable);
+        ASSERT_TRUE(p->instance_id == NULL);
+        p = provider_free(p);
+
+        ASSERT_OK(provider_new(CLOUD_AWS, &loop, h, c, "", NULL, NULL, &p));
+        ASSERT_STREQ(p->base_url, "http://169.254.169.254");
+        p = provider_free(p);
+
+        ASSERT_OK(provider_new(CLOUD_AWS, &loop, h, c, "http://127.0.0.1:8080//", NULL, NULL, &p));
+        ASSERT_STREQ(p->base_url, "http://127.0.0.1:8080");
+        /* Started and freed at once: nothing runs, nothing leaks, the loop closes cleanly. */
+        ASSERT_OK(provider_start(p));
+        ASSERT_OK(provider_start(p));
+        provider_stop(p);
+        provider_stop(p);
+        provider_set_config(p, c);
+        p = provider_free(p);
+        ASSERT_TRUE(provider_free(NULL) == NULL);
+        provider_stop(NULL);
+
+        http_close(h);
+        ASSERT_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+        ASSERT_EQ(uv_loop_close(&loop), 0);
+}
+
 int main(void) {
-        fprintf(stderr, "not written yet\n");
-        return 1;
+        RUN(test_instance_action_good);
+        RUN(test_instance_action_bad);
+        RUN(test_instance_action_generated);
+        RUN(test_rebalance);
+        RUN(test_token_ttl);
+        RUN(test_refresh_margin);
+        RUN(test_backoff);
+        RUN(test_provider_new);
+        return 0;
 }
