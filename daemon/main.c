@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -116,6 +117,13 @@ int main(int argc, char *argv[]) {
          * write errors come back as EPIPE instead. (libuv resets signal
          * dispositions in the children it spawns.) */
         (void) signal(SIGPIPE, SIG_IGN);
+        /* One pidfd per waited-for process: 1024 descriptors is too few for
+         * a large fan-out. Hooks inherit the raised limit, which is harmless. */
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
+        }
         log_open(config->log);
         if (verbose)
                 log_set_max_level(LOG_DEBUG);
