@@ -177,21 +177,21 @@ static void record_emit(Record *r) {
 
 void report_notice(const NoticeEvent *ev, bool starts_plan, const char *why_not) {
         Record r;
-        char t[64];
+        char t[64], what[200] = "";
 
         record_init(&r, REPORT_NOTICE, starts_plan ? LOG_WARNING : LOG_NOTICE);
+        /* The cloud's own word only when it says more than the kind. */
+        if (!isempty(ev->detail) && !streq(ev->detail, event_kind_to_string(ev->kind)))
+                (void) snprintf(what, sizeof(what), " (%s)", ev->detail);
         if (ev->deadline_usec > 0)
-                message(&r, "%s notice (%s) from %s, deadline %s%s%s", event_kind_to_string(ev->kind),
-                        isempty(ev->detail) ? event_kind_to_string(ev->kind) : ev->detail,
-                        cloud_kind_to_string(ev->cloud), format_rfc3339(t, sizeof(t), ev->deadline_usec),
-                        starts_plan ? ", starting the response plan" : ", reported only: ",
-                        starts_plan ? "" : strna(why_not));
+                (void) snprintf(t, sizeof(t), ", deadline %s",
+                                format_rfc3339((char[64]) {}, 64, ev->deadline_usec));
         else
-                message(&r, "%s notice (%s) from %s%s%s", event_kind_to_string(ev->kind),
-                        isempty(ev->detail) ? event_kind_to_string(ev->kind) : ev->detail,
-                        cloud_kind_to_string(ev->cloud),
-                        starts_plan ? ", starting the response plan" : ", reported only: ",
-                        starts_plan ? "" : strna(why_not));
+                t[0] = 0;
+        message(&r, "%s notice%s from %s%s%s%s", event_kind_to_string(ev->kind), what,
+                cloud_kind_to_string(ev->cloud), t,
+                starts_plan ? ", starting the response plan" : ", reported only: ",
+                starts_plan ? "" : strna(why_not));
         event_fields(&r, ev);
         if (!isempty(ev->detail))
                 field(&r, "SPOTWATCH_DETAIL", "%s", ev->detail);
