@@ -79,7 +79,7 @@ class Daemon:
     fails on sanitizer reports in its stderr."""
 
     def __init__(self, sections="", daemon_keys=None, fake_metadata=None, args=(), config_text=None,
-                 env=None, ready_timeout=10.0, wait_ready=True):
+                 env=None, ready_timeout=10.0, wait_ready=True, wrapper=()):
         self.tmp = mkdtemp()
         self.socket_path = os.path.join(self.tmp, "control.sock")
         keys = {
@@ -96,6 +96,7 @@ class Daemon:
         self.fake_metadata = fake_metadata
         self.args = list(args)
         self.env = env
+        self.wrapper = list(wrapper)  # argv prefix that must exec the daemon (same PID)
         self.ready_timeout = ready_timeout
         self.wait_ready = wait_ready
         self.proc = None
@@ -120,7 +121,7 @@ class Daemon:
         env = dict(os.environ)
         env["NOTIFY_SOCKET"] = notify_path
         env.update(self.env or {})
-        argv = [SPOTWATCHD, "-c", self.config_path]
+        argv = self.wrapper + [SPOTWATCHD, "-c", self.config_path]
         if self.fake_metadata:
             argv.append(f"--fake-metadata={self.fake_metadata}")
         argv += self.args

@@ -70,6 +70,19 @@ def test_records_in_journal():
             p.wait()
 
 
+def test_auto_without_journal():
+    """log = auto with no journald socket: the same records as one stderr line each."""
+    hide = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount -t tmpfs tmpfs /run/systemd/journal && exec "$@"', "sh"]
+    with Daemon(fake_metadata="aws", daemon_keys={"log": "auto"}, wrapper=hide) as d:
+        d.ctl("fake-notice", "--in", "60")
+        d.wait_stderr(r"\[plan-done\]", 10)
+        n = d.records("notice")
+        check(len(n) == 1 and n[0]["SPOTWATCH_EVENT"] == "terminate" and n[0]["SPOTWATCH_CLOUD"] == "aws",
+              "log=auto without a journal: the notice record on stderr with its fields")
+        check(not journal_records(_PID=str(d.pid)), "and nothing of it in the journal")
+
+
 def test_catalog_entries():
     ids = message_ids()
     with open(os.path.join(SOURCE_ROOT, "systemd", "spotwatchd.catalog")) as f:
@@ -82,4 +95,4 @@ if __name__ == "__main__":
     if not have_journal():
         print("SKIP: needs a private journald (run as root through tests/with-journald.sh)")
         sys.exit(77)
-    main([test_records_in_journal, test_catalog_entries])
+    main([test_records_in_journal, test_auto_without_journal, test_catalog_entries])
