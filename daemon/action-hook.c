@@ -23,6 +23,7 @@
 #include "action.h"
 #include "shared/log.h"
 #include "shared/macro.h"
+#include "shared/parse.h"
 
 extern char **environ;
 
@@ -95,15 +96,6 @@ struct HookStage {
         bool started, done, closing;
 };
 
-static char **env_free(char **l) {
-        if (!l)
-                return NULL;
-        for (char **i = l; *i; i++)
-                free(*i);
-        free(l);
-        return NULL;
-}
-DEFINE_TRIVIAL_CLEANUP_FUNC(char **, env_free);
 
 static size_t env_length(char *const *l) {
         size_t n = 0;
@@ -144,7 +136,7 @@ static bool env_has_name(char *const *l, const char *assignment) {
  * without the plan's SPOTWATCH_* names), then @extra.
  */
 static int env_merge(char *const *base, char *const *extra, bool drop_reserved, char ***ret) {
-        _cleanup_(env_freep) char **l = NULL;
+        _cleanup_(strv_freep) char **l = NULL;
         size_t n = 0;
 
         l = calloc(env_length(base) + env_length(extra) + 1, sizeof(char *));
@@ -178,11 +170,11 @@ static HookStage *hook_stage_free(HookStage *s) {
 
         for (size_t i = 0; i < s->n_hooks; i++) {
                 free(s->hooks[i].name);
-                env_free(s->hooks[i].argv);
+                strv_free(s->hooks[i].argv);
                 free(s->hooks[i].user);
         }
         free(s->hooks);
-        env_free(s->env);
+        strv_free(s->env);
         free(s->buf);
         free(s);
         return NULL;
@@ -554,7 +546,7 @@ static int output_init(HookRun *h, HookOutput *o, const char *stream) {
  */
 static int hook_spawn(HookRun *h) {
         HookStage *s = h->stage;
-        _cleanup_(env_freep) char **env_user = NULL;
+        _cleanup_(strv_freep) char **env_user = NULL;
         uv_process_options_t options = {};
         uv_stdio_container_t stdio[3] = {};
         uv_uid_t uid = 0;

@@ -42,10 +42,6 @@
 
 #define REASON_MAX 512
 
-static void strv_freep(char ***l) {
-        strv_free(*l);
-}
-
 typedef enum SectionKind {
         SECTION_NONE,
         SECTION_DAEMON,

@@ -517,10 +517,6 @@ size_t strv_length(char *const *l) {
         return n;
 }
 
-static void strv_freep(char ***l) {
-        strv_free(*l);
-}
-
 int split_words(const char *s, char ***ret_strv) {
         _cleanup_(strv_freep) char **l = NULL;
         _cleanup_free_ char *word = NULL;

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "macro.h"
+
 /**
  * parse_duration() - "500ms", "2s", "5m", "1h", "1d", "250us", or a bare
  * number of seconds ("3", "1.5"); also sums like "1m30s". Whitespace around
@@ -47,3 +49,4 @@ char *format_rfc3339(char *buf, size_t size, uint64_t usec);
 int split_words(const char *s, char ***ret_strv);
 char **strv_free(char **l);
 size_t strv_length(char *const *l);
+DEFINE_TRIVIAL_CLEANUP_FUNC(char **, strv_free);

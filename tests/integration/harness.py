@@ -30,10 +30,15 @@ class Failure(Exception):
     pass
 
 
+CHECKS = 0
+
+
 def check(cond, what):
     """Assert with a message; prints the check so the log shows progress."""
+    global CHECKS
     if not cond:
         raise Failure(what)
+    CHECKS += 1
     print("ok -", what, flush=True)
 
 

@@ -24,25 +24,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
-from harness import Daemon, count_plans, spawn_sleeper, usr1_count, wait_until  # noqa: E402
+from harness import Daemon, check, count_plans, spawn_sleeper, usr1_count, wait_until  # noqa: E402
 from fake_imds import ACTION_PATH, INSTANCE_ID_PATH, REBALANCE_PATH, TOKEN_PATH, FakeImds, rfc3339  # noqa: E402
 
 NAME = "test_aws_protocol"
 TTL = 3
 POLL = 0.2
-CHECKS = 0
 
 
-def waitd(d, fn, timeout, what):
-    """wait_until() that also drains the daemon's NOTIFY_SOCKET: nothing else reads it while
-    the test runs, and once its queue is full (net.unix.max_dgram_qlen, 10) sd_notify() blocks."""
-    return wait_until(lambda: (d.read_notify(), fn())[1], timeout, what=what)
-
-
-def check(cond, what):
-    global CHECKS
-    harness.check(cond, what)
-    CHECKS += 1
 
 
 def notice_records(d, event):
@@ -73,9 +62,9 @@ def run():
 
 def phase_token_ttl(fake, d):
     print(f"-- token PUTs with a granted TTL of {TTL} s, polling every {POLL} s", flush=True)
-    first = waitd(d, lambda: fake.requests("PUT", TOKEN_PATH), 5, what="first token PUT")[0]
+    first = wait_until(lambda: fake.requests("PUT", TOKEN_PATH), 5, what="first token PUT")[0]
     t0 = first["time"]
-    waitd(d, lambda: fake.requests("GET", ACTION_PATH, since=t0 + 7.3), 10, what="7 s of polling")
+    wait_until(lambda: fake.requests("GET", ACTION_PATH, since=t0 + 7.3), 10, what="7 s of polling")
 
     window = [e for e in fake.requests(since=t0) if e["time"] < t0 + 7.0]
     puts = [e for e in window if e["method"] == "PUT"]
@@ -105,9 +94,9 @@ def phase_401_once(fake, d):
     print("-- a 401 on a GET with a valid token: one new token, one retry", flush=True)
     puts_before = len(fake.requests("PUT"))
     fake.fault = "401-once"
-    e401 = waitd(d, lambda: [e for e in fake.requests("GET", ACTION_PATH) if e["status"] == 401], 5,
+    e401 = wait_until(lambda: [e for e in fake.requests("GET", ACTION_PATH) if e["status"] == 401], 5,
                       what="the 401")[0]
-    waitd(d, lambda: len([e for e in fake.requests("GET", ACTION_PATH, since=e401["time"])
+    wait_until(lambda: len([e for e in fake.requests("GET", ACTION_PATH, since=e401["time"])
                             if e["status"] == 404]) >= 3, 5, what="polls after the 401")
     after = [e for e in fake.requests(since=e401["time"]) if e["status"] != 401]
     check(after[0]["method"] == "PUT" and after[0]["status"] == 200, "the 401 is followed by a token PUT")
@@ -124,13 +113,13 @@ def phase_401_once(fake, d):
 def phase_rebalance(fake, d, marker):
     print("-- a rebalance recommendation is reported and starts no plan", flush=True)
     fake.rebalance = rfc3339()
-    recs = waitd(d, lambda: notice_records(d, "rebalance"), 5, what="a rebalance [notice] record")
+    recs = wait_until(lambda: notice_records(d, "rebalance"), 5, what="a rebalance [notice] record")
     check(recs[0].get("SPOTWATCH_CLOUD") == "aws", "the rebalance notice names the cloud")
     check(recs[0].get("SPOTWATCH_NOTICE_ID", "").startswith("aws:rebalance:"),
           "its id is aws:rebalance:TIME")
     # Several more polls serve it.
     since = fake.requests(path=REBALANCE_PATH)[-1]["time"]
-    waitd(d, lambda: len([e for e in fake.requests("GET", REBALANCE_PATH, since=since)
+    wait_until(lambda: len([e for e in fake.requests("GET", REBALANCE_PATH, since=since)
                             if e["status"] == 200]) >= 5, 5, what="5 more polls serving the rebalance")
     check(count_plans(d) == 0, "no plan for a rebalance recommendation")
     check(usr1_count(marker) == 0, "the registered process was not signalled")
@@ -140,9 +129,9 @@ def phase_rebalance(fake, d, marker):
 def phase_notice(fake, d, marker):
     print("-- a terminate notice served on 20 polls starts exactly one plan", flush=True)
     fake.notice = ("terminate", rfc3339(120))
-    waitd(d, lambda: len([e for e in fake.requests("GET", ACTION_PATH) if e["status"] == 200]) >= 20, 10,
+    wait_until(lambda: len([e for e in fake.requests("GET", ACTION_PATH) if e["status"] == 200]) >= 20, 10,
                what="20 polls serving the notice")
-    waitd(d, lambda: usr1_count(marker) >= 1, 5, what="SIGUSR1 to the registered process")
+    wait_until(lambda: usr1_count(marker) >= 1, 5, what="SIGUSR1 to the registered process")
     served = [e for e in fake.requests("GET", ACTION_PATH) if e["status"] == 200]
     check(len(served) >= 20, f"the notice was served on {len(served)} consecutive polls")
     check(count_plans(d) == 1, f"exactly one plan started (got {count_plans(d)})")
@@ -171,9 +160,9 @@ def main():
     except Exception as e:  # noqa: BLE001 - print it, fail the test
         import traceback
         traceback.print_exc()
-        print(f"{NAME}: FAILED after {CHECKS} checks: {e}", flush=True)
+        print(f"{NAME}: FAILED after {harness.CHECKS} checks: {e}", flush=True)
         return 1
-    print(f"{NAME}: {CHECKS} checks ok", flush=True)
+    print(f"{NAME}: {harness.CHECKS} checks ok", flush=True)
     return 0
 
 

@@ -22,25 +22,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
-from harness import Daemon, count_plans, spawn_sleeper, usr1_count, wait_until  # noqa: E402
+from harness import Daemon, check, count_plans, spawn_sleeper, usr1_count, wait_until  # noqa: E402
 from fake_imds import ACTION_PATH, REBALANCE_PATH, FakeImds, rfc3339  # noqa: E402
 
 NAME = "test_metadata_faults"
 FAULTS = tuple(os.environ.get("FAULTS", "500 503 429 garbage huge hang reset bad-json-types").split())
 FAULTED_POLLS = 3
-CHECKS = 0
 
 
-def waitd(d, fn, timeout, what):
-    """wait_until() that also drains the daemon's NOTIFY_SOCKET: nothing else reads it while
-    the test runs, and once its queue is full (net.unix.max_dgram_qlen, 10) sd_notify() blocks."""
-    return wait_until(lambda: (d.read_notify(), fn())[1], timeout, what=what)
-
-
-def check(cond, what):
-    global CHECKS
-    harness.check(cond, what)
-    CHECKS += 1
 
 
 def faulted(fake, since):
@@ -68,12 +57,12 @@ def one_fault(fake, d, marker, fault):
     plans = count_plans(d)
     t0 = time.monotonic()
     fake.fault = fault
-    waitd(d, lambda: len(cycles(faulted(fake, t0))) >= FAULTED_POLLS, 15, what=f"{FAULTED_POLLS} faulted polls")
+    wait_until(lambda: len(cycles(faulted(fake, t0))) >= FAULTED_POLLS, 15, what=f"{FAULTED_POLLS} faulted polls")
     t1 = time.monotonic()
     n_faulted = len(cycles(faulted(fake, t0)))
     # Let the last faulted poll end (timeout, cap or reset) before looking at the log.
     end = time.monotonic() + (1.2 if fault == "hang" else 0.3)
-    waitd(d, lambda: time.monotonic() >= end, 5, what="the last faulted poll to end")
+    wait_until(lambda: time.monotonic() >= end, 5, what="the last faulted poll to end")
 
     check(d.proc.poll() is None, f"{fault}: spotwatchd is alive")
     check(d.ctl("status", check=False).returncode == 0, f"{fault}: spotwatchctl status answers")
@@ -90,10 +79,10 @@ def one_fault(fake, d, marker, fault):
           f"{fault}: the rest of each cycle still runs (rebalance polled)")
 
     fake.fault = None
-    first_ok = waitd(d, lambda: [e for e in fake.requests("GET", ACTION_PATH, since=t1) if e["status"] == 404],
+    first_ok = wait_until(lambda: [e for e in fake.requests("GET", ACTION_PATH, since=t1) if e["status"] == 404],
                           10, what="a good poll after the fault")[0]
     check(first_ok["time"] - t1 < 6.0, f"{fault}: polling resumes {first_ok['time'] - t1:.1f} s after the fault ends")
-    waitd(d, lambda: len(fake.requests("GET", ACTION_PATH, since=first_ok["time"])) >= 5, 3,
+    wait_until(lambda: len(fake.requests("GET", ACTION_PATH, since=first_ok["time"])) >= 5, 3,
                what="polls at the full rate again")
     check(True, f"{fault}: back to 5 polls/s after the first good one")
 
@@ -107,14 +96,14 @@ def run():
         sections = f'[process "t"]\npidfile = {pidfile}\nwait = 0\n'
         with Daemon(sections=sections, daemon_keys={"metadata_url": fake.url, "poll_interval": "200ms",
                                                    "request_timeout": "1s", "cloud": "aws"}) as d:
-            waitd(d, lambda: len(fake.requests("GET", ACTION_PATH)) >= 3, 5, what="first polls")
+            wait_until(lambda: len(fake.requests("GET", ACTION_PATH)) >= 3, 5, what="first polls")
             for fault in FAULTS:
                 one_fault(fake, d, marker, fault)
 
             print("-- after all faults, a notice still runs the plan", flush=True)
             fake.notice = ("terminate", rfc3339(120))
-            waitd(d, lambda: usr1_count(marker) >= 1, 5, what="SIGUSR1 after the notice")
-            waitd(d, lambda: count_plans(d) >= 1, 5, what="plan-start record")
+            wait_until(lambda: usr1_count(marker) >= 1, 5, what="SIGUSR1 after the notice")
+            wait_until(lambda: count_plans(d) >= 1, 5, what="plan-start record")
             check(count_plans(d) == 1, "exactly one plan started")
             check(usr1_count(marker) == 1, "the registered process got one SIGUSR1")
             check(d.stop() == 0, "spotwatchd exits 0 on SIGTERM")
@@ -132,9 +121,9 @@ def main():
     except Exception as e:  # noqa: BLE001 - print it, fail the test
         import traceback
         traceback.print_exc()
-        print(f"{NAME}: FAILED after {CHECKS} checks: {e}", flush=True)
+        print(f"{NAME}: FAILED after {harness.CHECKS} checks: {e}", flush=True)
         return 1
-    print(f"{NAME}: {CHECKS} checks ok", flush=True)
+    print(f"{NAME}: {harness.CHECKS} checks ok", flush=True)
     return 0
 
 

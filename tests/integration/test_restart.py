@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Exactly once across a restart: a notice still served after spotwatchd
+restarts does not start its plan again (state_dir/plans), and a plan cut
+short by a stop is reported at the next start, not re-run. Uses the
+independent fake IMDS, whose notice survives the daemon."""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
+from harness import Daemon, check, count_plans, main, spawn_sleeper, usr1_count, wait_until  # noqa: E402
+from fake_imds import ACTION_PATH, FakeImds, rfc3339  # noqa: E402
+
+
+def daemon(fake, state, sections):
+    return Daemon(sections=sections, daemon_keys={"metadata_url": fake.url, "state_dir": state})
+
+
+def test_no_second_plan_after_restart():
+    fake = FakeImds().start()
+    tmp = harness.mkdtemp()
+    state = os.path.join(tmp, "state")
+    p, pidfile, marker = spawn_sleeper(tmp)
+    sections = f'[process "s"]\npidfile = {pidfile}\n'
+    try:
+        fake.notice = ("terminate", rfc3339(120))
+        with daemon(fake, state, sections) as d:
+            d.wait_stderr(r"\[plan-done\]", 5)
+            check(usr1_count(marker) == 1, "first daemon: one plan, one SIGUSR1")
+        check("start aws:spot:terminate:" in open(os.path.join(state, "plans")).read(),
+              "the plan is recorded in state_dir/plans")
+        with daemon(fake, state, sections) as d:
+            n = len(fake.requests("GET", ACTION_PATH))
+            wait_until(lambda: len(fake.requests("GET", ACTION_PATH)) >= n + 5, 5, what="5 polls")
+            check(count_plans(d) == 0, "restarted daemon: the same notice starts no plan")
+            check(usr1_count(marker) == 1, "still exactly one SIGUSR1 in all")
+    finally:
+        p.kill()
+        p.wait()
+        fake.stop()
+
+
+def test_interrupted_plan_reported_not_rerun():
+    fake = FakeImds().start()
+    tmp = harness.mkdtemp()
+    state = os.path.join(tmp, "state")
+    hook = os.path.join(tmp, "slow.sh")
+    with open(hook, "w") as f:
+        f.write(f"#!/bin/sh\necho run >> {tmp}/runs\nsleep 30\n")
+    os.chmod(hook, 0o755)
+    sections = f'[hook "slow"]\nexec = {hook}\ntimeout = 60s\n'
+    try:
+        fake.notice = ("stop", rfc3339(100))
+        with daemon(fake, state, sections) as d:
+            wait_until(lambda: os.path.exists(f"{tmp}/runs"), 5, what="the slow hook to start")
+            check(d.stop() == 0, "SIGTERM mid-plan: clean exit")
+            done = d.records("plan-done")
+            check(len(done) == 1 and done[0].get("SPOTWATCH_ABORTED") == "yes",
+                  "the interrupted plan is recorded as aborted")
+        with daemon(fake, state, sections) as d:
+            d.wait_stderr(r"interrupted by a stop or crash; it is not run again", 5)
+            time.sleep(1)
+            check(count_plans(d) == 0, "restart: the interrupted plan is not run again")
+            check(open(f"{tmp}/runs").read().count("run") == 1, "the hook ran once in all")
+    finally:
+        fake.stop()
+
+
+if __name__ == "__main__":
+    main([test_no_second_plan_after_restart, test_interrupted_plan_reported_not_rerun])
