@@ -541,12 +541,35 @@ static int output_init(HookRun *h, HookOutput *o, const char *stream) {
 }
 
 /*
+ * SPOTWATCH_SECONDS_LEFT as of now, for hooks of a later order group: the
+ * plan computed it when the stage began. *ret is NULL when @base has no
+ * SPOTWATCH_DEADLINE (then @base is used as it is).
+ */
+static int env_refresh_seconds_left(char *const *base, char ***ret) {
+        static const char prefix[] = "SPOTWATCH_DEADLINE=";
+        const char *deadline = NULL;
+        char buf[64], *extra[] = { buf, NULL };
+        long long d, now;
+
+        *ret = NULL;
+        for (char *const *i = base; i && *i; i++)
+                if (strncmp(*i, prefix, sizeof(prefix) - 1) == 0)
+                        deadline = *i + sizeof(prefix) - 1;
+        if (!deadline)
+                return 0;
+        d = strtoll(deadline, NULL, 10);
+        now = (long long) (now_realtime_usec() / USEC_PER_SEC);
+        (void) snprintf(buf, sizeof(buf), "SPOTWATCH_SECONDS_LEFT=%lld", d > now ? d - now : 0);
+        return env_merge(base, extra, false, ret);
+}
+
+/*
  * Start one hook. On failure everything it opened is being closed and the
  * caller reports the error; -ETIME means the deadline left it no time.
  */
 static int hook_spawn(HookRun *h) {
         HookStage *s = h->stage;
-        _cleanup_(strv_freep) char **env_user = NULL;
+        _cleanup_(strv_freep) char **env_user = NULL, **env_now = NULL;
         uv_process_options_t options = {};
         uv_stdio_container_t stdio[3] = {};
         uv_uid_t uid = 0;
@@ -572,6 +595,10 @@ static int hook_spawn(HookRun *h) {
                 options.gid = gid;
         }
 
+        r = env_refresh_seconds_left(env_user ? env_user : s->env, &env_now);
+        if (r < 0)
+                return r;
+
         r = output_init(h, &h->out, "stdout");
         if (r >= 0)
                 r = output_init(h, &h->err, "stderr");
@@ -596,7 +623,7 @@ static int hook_spawn(HookRun *h) {
         options.exit_cb = exit_cb;
         options.file = h->argv[0];
         options.args = h->argv;
-        options.env = env_user ? env_user : s->env;
+        options.env = env_now ? env_now : env_user ? env_user : s->env;
         options.cwd = "/";
         /* setsid(): the hook leads its own process group, which is what the timeout kills. */
         options.flags |= UV_PROCESS_DETACHED;
