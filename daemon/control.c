@@ -5,6 +5,7 @@
  * control-proto, hands requests to manager and writes replies. It never
  * executes a command itself.
  */
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -23,6 +24,7 @@ struct ControlServer {
         void *userdata;
         ControlClient *clients;  /* list of live connections */
         unsigned n_clients;
+        uint64_t refused, last_refused_log_msec;
         bool closing;
 };
 
@@ -309,7 +311,7 @@ static void on_connection(uv_stream_t *listener, int status) {
         int r;
 
         if (status < 0) {
-                log_warning_errno(status, "Control: accept failed: %m, ignoring");
+                log_debug_errno(status, "Control: accept failed: %m, ignoring");
                 return;
         }
         c = calloc(1, sizeof(*c));
@@ -345,8 +347,16 @@ static void on_connection(uv_stream_t *listener, int status) {
         c->pid = cred.pid;
 
         if (s->n_clients > CONTROL_CLIENTS_MAX) {
-                log_warning("Control: more than %d connections, refusing one from PID %d", CONTROL_CLIENTS_MAX,
-                            (int) c->pid);
+                /* A client that floods us must not flood the journal too: one line a minute. */
+                uint64_t now = uv_now(s->loop);
+                if (s->refused == 0 || now - s->last_refused_log_msec >= 60 * 1000) {
+                        log_warning("Control: more than %d connections, refusing one from PID %d "
+                                    "(%" PRIu64 " refused since the last message)",
+                                    CONTROL_CLIENTS_MAX, (int) c->pid, s->refused);
+                        s->last_refused_log_msec = now;
+                        s->refused = 0;
+                }
+                s->refused++;
                 client_disconnect(c);
                 return;
         }
