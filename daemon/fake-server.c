@@ -1,95 +1,54 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * fake-server.c - the --fake-metadata HTTP server. libmicrohttpd runs in
- * "external" epoll mode: MHD binds the loopback socket and keeps its own epoll
- * set; that one epoll fd sits under a uv_poll_t of the daemon's loop, and
- * after every MHD_run() a uv_timer_t is armed from MHD_get_timeout(), so MHD
- * never needs a thread. It serves the real AWS IMDSv2 paths with IMDSv2's
- * rules (session token required on every GET, X-Forwarded-For refused on the
- * token PUT) and a notice that manager sets. It owns only the MHD daemon, its
- * two uv handles and the fake's state; it knows nothing of plans and logs at
- * debug level only.
+ * fake-server.c - the --fake-metadata HTTP server's plumbing. libmicrohttpd
+ * runs in "external" epoll mode: MHD binds the loopback socket and keeps its
+ * own epoll set; that one epoll fd sits under a uv_poll_t of the daemon's
+ * loop, and after every MHD_run() a uv_timer_t is armed from
+ * MHD_get_timeout(), so MHD never needs a thread. Request bodies are
+ * collected (bounded) and each complete request goes to the cloud's fake
+ * (fake-aws.c, ...), which owns that cloud's paths and rules. It knows
+ * nothing of plans and logs at debug level only.
  */
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
-#include <json-c/json.h>
-#include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdarg.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
-#include <uv.h>
 
-#include "fake-server.h"
+#include "fake-server-internal.h"
 #include "shared/log.h"
-#include "shared/macro.h"
 
-#define FAKE_TOKENS_MAX 64
-#define FAKE_TOKEN_TTL_MAX 21600U
-#define FAKE_TOKEN_RANDOM_BYTES 36
 #define FAKE_CONNECTIONS_MAX 64U
 #define FAKE_CONNECTION_TIMEOUT_SEC 30U
 #define FAKE_CONNECTION_MEMORY ((size_t) 32 * 1024)
-#define FAKE_NOTICE_LEAD_USEC (120 * USEC_PER_SEC) /* AWS's two-minute warning */
-#define FAKE_AWS_INSTANCE_ID "i-0fake0000000000001"
 #define FAKE_HOST_MAX 32 /* "http://" and an IPv4 literal, or "http://[::1]" */
 
-#define AWS_TOKEN_PATH "/latest/api/token"
-#define AWS_TOKEN_TTL_HEADER "X-aws-ec2-metadata-token-ttl-seconds"
-#define AWS_TOKEN_HEADER "X-aws-ec2-metadata-token"
+/* One request in progress: its body as it arrives. */
+typedef struct FakeConn {
+        char *body;
+        size_t size;
+        bool too_large;
+} FakeConn;
 
-typedef struct FakeToken {
-        char value[8 + FAKE_TOKEN_RANDOM_BYTES * 4 / 3];
-        uint64_t expire_usec; /* monotonic; 0 = slot unused */
-} FakeToken;
-
-struct FakeServer {
-        uv_loop_t *loop;
-        CloudKind cloud;
-        struct MHD_Daemon *mhd;
-        uv_poll_t poll;   /* MHD's epoll fd */
-        uv_timer_t timer; /* MHD_get_timeout() */
-        bool poll_initialized;
-        bool timer_initialized;
-        unsigned n_handles; /* uv handles not yet closed; @s is freed when it drops to 0 */
-        bool closing;
-
-        uint16_t port;
-        char url[64];
-        uint64_t requests;
-
-        FakeToken tokens[FAKE_TOKENS_MAX]; /* a ring: a new token replaces the oldest */
-        size_t token_next;
-
-        bool notice;
-        char notice_action[16];
-        uint64_t notice_usec;
-        bool rebalance;
-        uint64_t rebalance_usec;
+static const FakeCloud *const fake_clouds[] = {
+        &fake_cloud_aws,
 };
 
-static void json_unrefp(json_object **o) {
-        if (*o)
-                (void) json_object_put(*o);
-}
-
-static uint64_t now_monotonic_usec(void) {
+uint64_t fake_now_monotonic_usec(void) {
         return uv_hrtime() / NSEC_PER_USEC;
 }
 
-static uint64_t now_realtime_usec(void) {
+uint64_t fake_now_realtime_usec(void) {
         struct timespec ts;
 
         (void) clock_gettime(CLOCK_REALTIME, &ts);
         return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
 }
 
-/* RFC 3339 in UTC with seconds, as AWS writes it: 2026-11-27T13:20:00Z. */
-static int format_time(uint64_t usec, char *buf, size_t size) {
+int fake_format_time(uint64_t usec, char *buf, size_t size) {
         time_t t = (time_t) (usec / USEC_PER_SEC);
         struct tm tm;
 
@@ -103,6 +62,9 @@ static int format_time(uint64_t usec, char *buf, size_t size) {
 static void fake_server_maybe_free(FakeServer *s) {
         if (!s->closing || s->n_handles > 0)
                 return;
+        if (s->vt->done)
+                s->vt->done(s);
+        free(s->state);
         free(s);
 }
 
@@ -131,10 +93,20 @@ void fake_server_close(FakeServer *s) {
         fake_server_maybe_free(s);
 }
 
+/* ---- requests ------------------------------------------------------------ */
+
+const char *fake_request_header(const FakeRequest *req, const char *name) {
+        return MHD_lookup_connection_value(req->connection, MHD_HEADER_KIND, name);
+}
+
+const char *fake_request_arg(const FakeRequest *req, const char *name) {
+        return MHD_lookup_connection_value(req->connection, MHD_GET_ARGUMENT_KIND, name);
+}
+
 /* ---- responses ----------------------------------------------------------- */
 
-static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type, const char *body,
-                             size_t size, const char *header, const char *value) {
+enum MHD_Result fake_reply(FakeServer *s, const FakeRequest *req, unsigned status, const char *type,
+                           const char *body, size_t size, const char *header, const char *value) {
         struct MHD_Response *resp;
         enum MHD_Result ret;
 
@@ -142,21 +114,21 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
         if (!resp)
                 return MHD_NO;
         if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type) != MHD_YES ||
-            MHD_add_response_header(resp, MHD_HTTP_HEADER_SERVER, "EC2ws") != MHD_YES ||
+            MHD_add_response_header(resp, MHD_HTTP_HEADER_SERVER, s->vt->server_header) != MHD_YES ||
             (header && MHD_add_response_header(resp, header, value) != MHD_YES)) {
                 MHD_destroy_response(resp);
                 return MHD_NO;
         }
-        ret = MHD_queue_response(c, status, resp);
+        ret = MHD_queue_response(req->connection, status, resp);
         MHD_destroy_response(resp);
         return ret;
 }
 
-static enum MHD_Result reply_text(struct MHD_Connection *c, const char *text) {
-        return reply(c, MHD_HTTP_OK, "text/plain", text, strlen(text), NULL, NULL);
+enum MHD_Result fake_reply_text(FakeServer *s, const FakeRequest *req, const char *text) {
+        return fake_reply(s, req, MHD_HTTP_OK, "text/plain", text, strlen(text), NULL, NULL);
 }
 
-static enum MHD_Result reply_json(struct MHD_Connection *c, json_object *o) {
+enum MHD_Result fake_reply_json(FakeServer *s, const FakeRequest *req, json_object *o) {
         const char *text;
         size_t size;
 
@@ -166,12 +138,12 @@ static enum MHD_Result reply_json(struct MHD_Connection *c, json_object *o) {
                                                  &size);
         if (!text)
                 return MHD_NO;
-        /* reply() copies the text before @o goes. */
-        return reply(c, MHD_HTTP_OK, "application/json", text, size, NULL, NULL);
+        /* fake_reply() copies the text before @o goes. */
+        return fake_reply(s, req, MHD_HTTP_OK, "application/json", text, size, NULL, NULL);
 }
 
 /* The small XHTML page IMDS sends with its errors. */
-static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *allow) {
+enum MHD_Result fake_reply_error(FakeServer *s, const FakeRequest *req, unsigned status, const char *allow) {
         char page[512];
         const char *reason;
         int n;
@@ -192,6 +164,15 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, co
         case MHD_HTTP_METHOD_NOT_ALLOWED:
                 reason = "Method Not Allowed";
                 break;
+        case MHD_HTTP_CONTENT_TOO_LARGE:
+                reason = "Payload Too Large";
+                break;
+        case MHD_HTTP_TOO_MANY_REQUESTS:
+                reason = "Too Many Requests";
+                break;
+        case MHD_HTTP_SERVICE_UNAVAILABLE:
+                reason = "Service Unavailable";
+                break;
         default:
                 reason = "Internal Server Error";
                 break;
@@ -207,184 +188,64 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, co
                      status, reason, status, reason);
         if (n < 0 || (size_t) n >= sizeof(page))
                 return MHD_NO;
-        return reply(c, status, "text/html", page, (size_t) n, allow ? MHD_HTTP_HEADER_ALLOW : NULL, allow);
+        return fake_reply(s, req, status, "text/html", page, (size_t) n, allow ? MHD_HTTP_HEADER_ALLOW : NULL, allow);
 }
 
-/* ---- AWS IMDSv2 ---------------------------------------------------------- */
-
-static bool token_random(char *buf, size_t size) {
-        static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        uint8_t raw[FAKE_TOKEN_RANDOM_BYTES];
-        size_t o = 0;
-
-        if (getrandom(raw, sizeof(raw), GRND_NONBLOCK) != (ssize_t) sizeof(raw))
-                return false;
-
-        /* AWS tokens look like "AQAEA...": a version prefix, then URL-safe base64. */
-        assert(size >= 5 + sizeof(raw) / 3 * 4 + 1);
-        memcpy(buf, "AQAEA", 5);
-        o = 5;
-        for (size_t i = 0; i + 3 <= sizeof(raw); i += 3) {
-                uint32_t v = (uint32_t) raw[i] << 16 | (uint32_t) raw[i + 1] << 8 | raw[i + 2];
-
-                buf[o++] = alphabet[(v >> 18) & 63];
-                buf[o++] = alphabet[(v >> 12) & 63];
-                buf[o++] = alphabet[(v >> 6) & 63];
-                buf[o++] = alphabet[v & 63];
-        }
-        buf[o] = 0;
-        return true;
-}
-
-/* The TTL header as AWS takes it: decimal seconds, 1..21600. */
-static int parse_ttl(const char *s, unsigned *ret) {
-        unsigned long v = 0;
-
-        if (isempty(s))
-                return -EINVAL;
-        for (const char *p = s; *p; p++) {
-                if (*p < '0' || *p > '9')
-                        return -EINVAL;
-                v = v * 10 + (unsigned long) (*p - '0');
-                if (v > FAKE_TOKEN_TTL_MAX)
-                        return -ERANGE;
-        }
-        if (v < 1)
-                return -ERANGE;
-        *ret = (unsigned) v;
-        return 0;
-}
-
-static bool token_valid(FakeServer *s, const char *value) {
-        uint64_t now = now_monotonic_usec();
-
-        if (isempty(value))
-                return false;
-        for (size_t i = 0; i < FAKE_TOKENS_MAX; i++)
-                if (s->tokens[i].expire_usec > now && streq(s->tokens[i].value, value))
-                        return true;
-        return false;
-}
-
-static enum MHD_Result aws_token(FakeServer *s, struct MHD_Connection *c) {
-        const char *ttl_s;
-        FakeToken *t;
-        unsigned ttl;
-        char buf[16];
-
-        /* IMDSv2 refuses token requests that passed through a proxy. */
-        if (MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Forwarded-For"))
-                return reply_error(c, MHD_HTTP_FORBIDDEN, NULL);
-
-        ttl_s = MHD_lookup_connection_value(c, MHD_HEADER_KIND, AWS_TOKEN_TTL_HEADER);
-        if (parse_ttl(ttl_s, &ttl) < 0)
-                return reply_error(c, MHD_HTTP_BAD_REQUEST, NULL);
-
-        t = &s->tokens[s->token_next++ % FAKE_TOKENS_MAX];
-        if (!token_random(t->value, sizeof(t->value))) {
-                t->expire_usec = 0;
-                return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
-        }
-        t->expire_usec = now_monotonic_usec() + ttl * USEC_PER_SEC;
-
-        (void) snprintf(buf, sizeof(buf), "%u", ttl);
-        return reply(c, MHD_HTTP_OK, "text/plain", t->value, strlen(t->value), AWS_TOKEN_TTL_HEADER, buf);
-}
-
-static enum MHD_Result aws_instance_action(FakeServer *s, struct MHD_Connection *c) {
-        _cleanup_(json_unrefp) json_object *o = NULL;
-        char when[32];
-
-        if (!s->notice || format_time(s->notice_usec, when, sizeof(when)) < 0)
-                return reply_error(c, MHD_HTTP_NOT_FOUND, NULL);
-
-        o = json_object_new_object();
-        if (!o || json_object_object_add(o, "action", json_object_new_string(s->notice_action)) < 0 ||
-            json_object_object_add(o, "time", json_object_new_string(when)) < 0)
-                return MHD_NO;
-        return reply_json(c, o);
-}
-
-static enum MHD_Result aws_rebalance(FakeServer *s, struct MHD_Connection *c) {
-        _cleanup_(json_unrefp) json_object *o = NULL;
-        char when[32];
-
-        if (!s->rebalance || format_time(s->rebalance_usec, when, sizeof(when)) < 0)
-                return reply_error(c, MHD_HTTP_NOT_FOUND, NULL);
-
-        o = json_object_new_object();
-        if (!o || json_object_object_add(o, "noticeTime", json_object_new_string(when)) < 0)
-                return MHD_NO;
-        return reply_json(c, o);
-}
-
-static enum MHD_Result aws_scheduled_events(FakeServer *s, struct MHD_Connection *c) {
-        _cleanup_(json_unrefp) json_object *o = NULL;
-
-        /* No maintenance is ever scheduled on the fake: an empty list, as IMDS serves it. */
-        o = json_object_new_array();
-        return reply_json(c, o);
-}
-
-static enum MHD_Result aws_handle(FakeServer *s, struct MHD_Connection *c, const char *url, const char *method) {
-        if (streq(url, AWS_TOKEN_PATH)) {
-                if (!streq(method, MHD_HTTP_METHOD_PUT))
-                        return reply_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, MHD_HTTP_METHOD_PUT);
-                return aws_token(s, c);
-        }
-
-        if (!streq(method, MHD_HTTP_METHOD_GET))
-                return reply_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, MHD_HTTP_METHOD_GET);
-        if (strncmp(url, "/latest/", 8) != 0)
-                return reply_error(c, MHD_HTTP_NOT_FOUND, NULL);
-
-        /* IMDSv2 only: without a live session token nothing is served, not even a 404. */
-        if (!token_valid(s, MHD_lookup_connection_value(c, MHD_HEADER_KIND, AWS_TOKEN_HEADER)))
-                return reply_error(c, MHD_HTTP_UNAUTHORIZED, NULL);
-
-        if (streq(url, "/latest/meta-data/") || streq(url, "/latest/meta-data"))
-                return reply_text(c, s->notice ? "events/\ninstance-id\nspot/" : "events/\ninstance-id");
-        if (streq(url, "/latest/meta-data/instance-id"))
-                return reply_text(c, FAKE_AWS_INSTANCE_ID);
-        if (streq(url, "/latest/meta-data/spot/instance-action"))
-                return aws_instance_action(s, c);
-        if (streq(url, "/latest/meta-data/events/recommendations/rebalance"))
-                return aws_rebalance(s, c);
-        if (streq(url, "/latest/meta-data/events/maintenance/scheduled"))
-                return aws_scheduled_events(s, c);
-        return reply_error(c, MHD_HTTP_NOT_FOUND, NULL);
-}
+/* ---- dispatch ------------------------------------------------------------ */
 
 static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                  const char *version, const char *upload_data, size_t *upload_data_size,
                                  void **con_cls) {
         FakeServer *s = cls;
+        FakeConn *fc = *con_cls;
+        FakeRequest req;
 
         /* First call: headers only. Answering later lets MHD deal with any body and "Expect:". */
-        if (!*con_cls) {
-                *con_cls = s;
+        if (!fc) {
+                fc = calloc(1, sizeof(*fc));
+                if (!fc)
+                        return MHD_NO;
+                *con_cls = fc;
                 s->requests++;
                 return MHD_YES;
         }
-        /* IMDS ignores request bodies; MHD bounds what it buffers per connection. */
+        /* The body, in pieces; beyond FAKE_BODY_MAX it is dropped and answered 413. */
         if (*upload_data_size > 0) {
+                if (!fc->too_large && fc->size + *upload_data_size <= FAKE_BODY_MAX) {
+                        char *p = realloc(fc->body, fc->size + *upload_data_size + 1);
+                        if (!p)
+                                return MHD_NO;
+                        memcpy(p + fc->size, upload_data, *upload_data_size);
+                        fc->body = p;
+                        fc->size += *upload_data_size;
+                        fc->body[fc->size] = 0;
+                } else
+                        fc->too_large = true;
                 *upload_data_size = 0;
                 return MHD_YES;
         }
 
         log_debug("fake-server: %s %s", method, url);
-        switch (s->cloud) {
-        case CLOUD_AWS:
-                return aws_handle(s, c, url, method);
-        case CLOUD_AUTO:
-        case CLOUD_GCP:
-        case CLOUD_AZURE:
-        case CLOUD_ALIBABA:
-        case _CLOUD_MAX:
-        case _CLOUD_INVALID:
-                break;
-        }
-        return reply_error(c, MHD_HTTP_NOT_FOUND, NULL);
+        req = (FakeRequest) {
+                .connection = c,
+                .url = url,
+                .method = method,
+                .body = fc->body ? fc->body : "",
+                .body_size = fc->size,
+        };
+        if (fc->too_large)
+                return fake_reply_error(s, &req, MHD_HTTP_CONTENT_TOO_LARGE, NULL);
+        return s->vt->handle(s, &req);
+}
+
+static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+        FakeConn *fc = *con_cls;
+
+        if (!fc)
+                return;
+        free(fc->body);
+        free(fc);
+        *con_cls = NULL;
 }
 
 /* ---- the loop ------------------------------------------------------------ */
@@ -474,6 +335,7 @@ static int parse_loopback(const char *address, uint16_t port, struct sockaddr_st
 
 int fake_server_new(uv_loop_t *loop, CloudKind cloud, const char *address, uint16_t port, FakeServer **ret) {
         const union MHD_DaemonInfo *info;
+        const FakeCloud *vt = NULL;
         struct sockaddr_storage sa;
         unsigned flags;
         FakeServer *s;
@@ -483,7 +345,10 @@ int fake_server_new(uv_loop_t *loop, CloudKind cloud, const char *address, uint1
         assert(loop);
         assert(ret);
 
-        if (cloud != CLOUD_AWS)
+        for (size_t i = 0; i < ELEMENTSOF(fake_clouds); i++)
+                if (fake_clouds[i]->cloud == cloud)
+                        vt = fake_clouds[i];
+        if (!vt)
                 return -EOPNOTSUPP;
         family = parse_loopback(address, port, &sa, host);
         if (family < 0)
@@ -493,7 +358,20 @@ int fake_server_new(uv_loop_t *loop, CloudKind cloud, const char *address, uint1
         if (!s)
                 return -ENOMEM;
         s->loop = loop;
-        s->cloud = cloud;
+        s->vt = vt;
+        s->state = calloc(1, MAX(vt->state_size, (size_t) 1));
+        if (!s->state) {
+                free(s);
+                return -ENOMEM;
+        }
+        if (vt->init) {
+                r = vt->init(s);
+                if (r < 0) {
+                        free(s->state);
+                        free(s);
+                        return r;
+                }
+        }
 
         /*
          * External epoll mode: no MHD_USE_INTERNAL_POLLING_THREAD. MHD_USE_ITC is
@@ -513,10 +391,14 @@ int fake_server_new(uv_loop_t *loop, CloudKind cloud, const char *address, uint1
                                   MHD_OPTION_CONNECTION_LIMIT, FAKE_CONNECTIONS_MAX,
                                   MHD_OPTION_CONNECTION_TIMEOUT, FAKE_CONNECTION_TIMEOUT_SEC,
                                   MHD_OPTION_CONNECTION_MEMORY_LIMIT, FAKE_CONNECTION_MEMORY,
+                                  MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s,
                                   MHD_OPTION_END);
         if (!s->mhd) {
                 /* MHD has no error codes; errno is usually what bind() or epoll_create() left. */
                 r = errno > 0 ? -errno : -EIO;
+                if (vt->done)
+                        vt->done(s);
+                free(s->state);
                 free(s);
                 return r;
         }
@@ -527,6 +409,9 @@ int fake_server_new(uv_loop_t *loop, CloudKind cloud, const char *address, uint1
         s->port = info ? info->port : 0;
         if (epoll_fd < 0 || s->port == 0) {
                 MHD_stop_daemon(s->mhd);
+                if (vt->done)
+                        vt->done(s);
+                free(s->state);
                 free(s);
                 return -EIO;
         }
@@ -572,40 +457,22 @@ const char *fake_server_url(FakeServer *s) {
 
 const char *fake_server_instance_id(FakeServer *s) {
         assert(s);
-        return FAKE_AWS_INSTANCE_ID;
+        return s->vt->instance_id ? s->vt->instance_id(s) : NULL;
 }
 
-int fake_server_set_notice(FakeServer *s, const char *action, uint64_t time_usec) {
-        static const char *const actions[] = { "terminate", "stop", "hibernate" };
-        bool known = false;
-
+const char *fake_server_events(FakeServer *s) {
         assert(s);
+        return s->vt->events;
+}
 
-        if (!action)
-                return -EINVAL;
-        for (size_t i = 0; i < ELEMENTSOF(actions); i++)
-                if (streq(actions[i], action))
-                        known = true;
-        if (!known)
-                return -EINVAL;
-
-        (void) snprintf(s->notice_action, sizeof(s->notice_action), "%s", action);
-        s->notice_usec = time_usec > 0 ? time_usec : now_realtime_usec() + FAKE_NOTICE_LEAD_USEC;
-        s->notice = true;
-        return 0;
+int fake_server_set_notice(FakeServer *s, const char *event, uint64_t time_usec) {
+        assert(s);
+        return s->vt->set_notice(s, event, time_usec);
 }
 
 void fake_server_clear_notice(FakeServer *s) {
         assert(s);
-        s->notice = false;
-        s->rebalance = false;
-}
-
-int fake_server_set_rebalance(FakeServer *s, uint64_t time_usec) {
-        assert(s);
-        s->rebalance_usec = time_usec > 0 ? time_usec : now_realtime_usec();
-        s->rebalance = true;
-        return 0;
+        s->vt->clear_notice(s);
 }
 
 uint64_t fake_server_requests(FakeServer *s) {

@@ -30,21 +30,17 @@ const char *fake_server_url(FakeServer *s);
 const char *fake_server_instance_id(FakeServer *s);
 
 /**
- * fake_server_set_notice() - from now on serve a notice: @action is the
- * cloud's word (AWS: terminate, stop, hibernate), @time_usec its wall-clock
- * deadline (0 = two minutes from now, AWS's warning). -EINVAL for an action
- * the cloud does not have.
+ * fake_server_set_notice() - from now on serve a notice: @event is the
+ * cloud's own word (AWS: terminate, stop, hibernate, or rebalance for a
+ * rebalance recommendation), @time_usec its wall-clock time (0: the cloud's
+ * usual lead). -EINVAL for a word the cloud does not have.
  */
-int fake_server_set_notice(FakeServer *s, const char *action, uint64_t time_usec);
-/** fake_server_clear_notice() - serve no notice and no rebalance recommendation any more. */
+int fake_server_set_notice(FakeServer *s, const char *event, uint64_t time_usec);
+/** fake_server_clear_notice() - serve no notice of any kind any more. */
 void fake_server_clear_notice(FakeServer *s);
-/** fake_server_set_rebalance() - AWS rebalance recommendation with its noticeTime (0 = now). */
-int fake_server_set_rebalance(FakeServer *s, uint64_t time_usec);
+/** fake_server_events() - the words fake_server_set_notice() takes, "a, b, c", for messages. */
+const char *fake_server_events(FakeServer *s);
 
-/**
- * fake_server_requests() - HTTP requests handed to the fake so far, any method
- * or path, refused ones included (not those MHD rejects as malformed itself).
- */
 uint64_t fake_server_requests(FakeServer *s);
 /**
  * fake_server_close() - stop serving at once (open connections are dropped);

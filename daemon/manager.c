@@ -477,13 +477,10 @@ static void cmd_fake_notice(Manager *m, ControlClient *c, const ControlRequest *
         if (in && parse_duration(in, &in_usec) < 0)
                 return control_client_reply_error(c, "in: invalid duration '%s'", in);
         when = now_realtime_usec() + in_usec;
-        if (streq(action, "rebalance"))
-                r = fake_server_set_rebalance(m->fake, when);
-        else
-                r = fake_server_set_notice(m->fake, action, when);
+        r = fake_server_set_notice(m->fake, action, when);
         if (r < 0)
-                return control_client_reply_error(c, "action: '%s' is not one of terminate, stop, "
-                                                     "hibernate, rebalance", action);
+                return control_client_reply_error(c, "action: '%s' is not one of %s", action,
+                                                  fake_server_events(m->fake));
         log_info("Fake metadata: %s notice for %s put on %s", action, format_rfc3339(t, sizeof(t), when),
                  fake_server_url(m->fake));
         control_client_reply_kv(c, "action", "%s", action);

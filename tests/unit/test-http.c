@@ -331,7 +331,7 @@ static void test_token_and_notice(void) {
         ASSERT_EQ(res.status, 200);
         ASSERT_CONTAINS(res.body, "\"hibernate\"");
 
-        ASSERT_OK(fake_server_set_rebalance(srv, UINT64_C(1795785600) * USEC_PER_SEC));
+        ASSERT_OK(fake_server_set_notice(srv, "rebalance", UINT64_C(1795785600) * USEC_PER_SEC));
         request(r, "GET", fake_server_url(srv), "/latest/meta-data/events/recommendations/rebalance", headers, 0,
                 &res);
         ASSERT_EQ(res.status, 200);
