@@ -400,6 +400,14 @@ static const ConfigItem config_items[] = {
           600 * SEC },
         { SECTION_DAEMON, "default_deadline", set_duration, offsetof(Config, default_deadline_usec), 1 * SEC,
           3600 * SEC },
+        { SECTION_DAEMON, "probe_timeout", set_duration, offsetof(Config, probe_timeout_usec), 100 * MSEC,
+          10 * SEC },
+        { SECTION_DAEMON, "aws_asg", set_bool, offsetof(Config, aws_asg) },
+        { SECTION_DAEMON, "gcp_shutdown_script", set_bool, offsetof(Config, gcp_shutdown_script) },
+        /* GCP caps timeout_sec of a hanging GET; whole seconds. */
+        { SECTION_DAEMON, "gcp_wait", set_duration, offsetof(Config, gcp_wait_usec), 1 * SEC, 3600 * SEC, true },
+        { SECTION_DAEMON, "azure_ack", set_bool, offsetof(Config, azure_ack) },
+        { SECTION_DAEMON, "alibaba_token", set_bool, offsetof(Config, alibaba_token) },
 
         { SECTION_PROCESS, "pidfile", set_path, offsetof(ProcessConfig, pidfile) },
         { SECTION_PROCESS, "match", set_string, offsetof(ProcessConfig, match) },
@@ -967,6 +975,8 @@ int config_new_default(Config **ret) {
                 .token_ttl_usec = 6 * 3600 * USEC_PER_SEC,
                 .deadline_margin_usec = 2 * USEC_PER_SEC,
                 .default_deadline_usec = 120 * USEC_PER_SEC,
+                .probe_timeout_usec = 1 * USEC_PER_SEC,
+                .gcp_wait_usec = 60 * USEC_PER_SEC,
         };
         c->control_socket = strdup(CONFIG_DEFAULT_CONTROL_SOCKET);
         if (!c->control_socket)

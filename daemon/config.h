@@ -55,6 +55,12 @@ typedef struct Config {
         uint64_t token_ttl_usec;     /* AWS: TTL asked for the IMDSv2 token */
         uint64_t deadline_margin_usec; /* stages stop this long before the deadline */
         uint64_t default_deadline_usec; /* manual trigger / no cloud deadline: plan budget */
+        uint64_t probe_timeout_usec;  /* cloud = auto: each metadata probe */
+        bool aws_asg;                /* AWS: watch autoscaling/target-lifecycle-state */
+        bool gcp_shutdown_script;    /* GCP: run the instance's shutdown-script at a preemption */
+        uint64_t gcp_wait_usec;      /* GCP: timeout_sec of the hanging GETs */
+        bool azure_ack;              /* Azure: StartRequests the event once the plan is done */
+        bool alibaba_token;          /* Alibaba: hardened mode, session token on every GET */
 
         ProcessConfig *processes;
         size_t n_processes;

@@ -157,6 +157,7 @@ static void on_plan_done(Plan *p, const PlanSummary *s, void *userdata) {
         Manager *m = userdata;
 
         notice_plan_finished(&m->notice, now_realtime_usec());
+        provider_plan_finished(m->provider, &m->notice.plan_event);
         if (event_persisted(&m->notice.plan_event)) {
                 int r = state_record(m->config->state_dir, "done", m->notice.plan_event.id);
                 if (r < 0)

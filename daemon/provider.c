@@ -105,6 +105,11 @@ void provider_set_config(Provider *p, const Config *config) {
         p->config = config;
 }
 
+void provider_plan_finished(Provider *p, const NoticeEvent *ev) {
+        if (p && p->vtable->plan_finished)
+                p->vtable->plan_finished(p, ev);
+}
+
 Provider *provider_free(Provider *p) {
         if (!p)
                 return NULL;
@@ -112,6 +117,7 @@ Provider *provider_free(Provider *p) {
         p->vtable->done(p);
         free(p->base_url);
         free(p->instance_id);
+        free(p->shutdown_script);
         free(p);
         return NULL;
 }

@@ -26,6 +26,16 @@ typedef struct ProviderCallbacks {
          * success) and @detail is a short human description ("HTTP 503", "bad JSON").
          */
         void (*on_poll)(Provider *p, int error, const char *what, const char *detail, void *userdata);
+        /*
+         * A notice seen before is gone before its time came (Azure: the event
+         * left the document): it was cancelled. Optional.
+         */
+        void (*on_cancel)(Provider *p, const NoticeEvent *ev, void *userdata);
+        /*
+         * The cloud was told the plan for @ev is done (Azure StartRequests):
+         * @error 0, or -errno with @detail. Optional.
+         */
+        void (*on_ack)(Provider *p, const NoticeEvent *ev, int error, const char *detail, void *userdata);
 } ProviderCallbacks;
 
 typedef struct ProviderVTable {
@@ -39,6 +49,8 @@ typedef struct ProviderVTable {
         void (*stop)(Provider *p);
         /* Release provider-specific memory (handles already stopped). */
         void (*done)(Provider *p);
+        /* Optional: the plan for @ev (one of ours) has finished; e.g. acknowledge it. */
+        void (*plan_finished)(Provider *p, const NoticeEvent *ev);
 } ProviderVTable;
 
 struct Provider {
@@ -51,6 +63,7 @@ struct Provider {
         void *userdata;
 
         char *instance_id;           /* NULL until known */
+        char *shutdown_script;       /* GCP: the instance's shutdown-script, fetched at a preemption; or NULL */
         uint64_t polls;              /* completed poll cycles */
         uint64_t last_poll_usec;     /* wall-clock end of the last cycle */
         int last_poll_error;
@@ -66,6 +79,8 @@ int provider_start(Provider *p);
 void provider_stop(Provider *p);
 /** provider_set_config() - new poll interval etc. apply from the next cycle. */
 void provider_set_config(Provider *p, const Config *config);
+/** provider_plan_finished() - tell the provider a plan it started has ended (no-op if it does not care). */
+void provider_plan_finished(Provider *p, const NoticeEvent *ev);
 Provider *provider_free(Provider *p);
 
 /** The cloud's own metadata base URL, e.g. "http://169.254.169.254". */

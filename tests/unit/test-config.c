@@ -123,6 +123,12 @@ static void assert_defaults(const Config *c) {
         ASSERT_U64_EQ(c->token_ttl_usec, 6 * 3600 * SEC);
         ASSERT_U64_EQ(c->deadline_margin_usec, 2 * SEC);
         ASSERT_U64_EQ(c->default_deadline_usec, 120 * SEC);
+        ASSERT_U64_EQ(c->probe_timeout_usec, 1 * SEC);
+        ASSERT_FALSE(c->aws_asg);
+        ASSERT_FALSE(c->gcp_shutdown_script);
+        ASSERT_U64_EQ(c->gcp_wait_usec, 60 * SEC);
+        ASSERT_FALSE(c->azure_ack);
+        ASSERT_FALSE(c->alibaba_token);
         ASSERT_EQ(c->n_processes, 0);
         ASSERT_EQ(c->n_hooks, 0);
 }
@@ -470,6 +476,11 @@ static void test_errors(void) {
                   ":2: [daemon] imds_v1: invalid boolean 'maybe' (expected yes or no)" },
                 { "[daemon]\ntoken_ttl = 1.5s\n",
                   ":2: [daemon] token_ttl: duration '1.5s' is not a whole number of seconds" },
+                { "[daemon]\ngcp_wait = 2500ms\n",
+                  ":2: [daemon] gcp_wait: duration '2500ms' is not a whole number of seconds" },
+                { "[daemon]\nprobe_timeout = 50ms\n", ":2: [daemon] probe_timeout: duration '50ms' is out of range" },
+                { "[daemon]\nazure_ack = maybe\n", ":2: [daemon] azure_ack: " },
+                { "[daemon]\naws_asg = 2\n", ":2: [daemon] aws_asg: " },
                 { "[daemon]\ntoken_ttl = 7h\n",
                   ":2: [daemon] token_ttl: duration '7h' is out of range, must be between 1s and 6h" },
                 { "[daemon]\ntoken_ttl = 500ms\n",
@@ -791,6 +802,12 @@ static void test_shipped(void) {
         ASSERT_U64_EQ(d->token_ttl_usec, 6 * 3600 * SEC);
         ASSERT_U64_EQ(d->deadline_margin_usec, 2 * SEC);
         ASSERT_U64_EQ(d->default_deadline_usec, 120 * SEC);
+        ASSERT_U64_EQ(d->probe_timeout_usec, 1 * SEC);
+        ASSERT_FALSE(d->aws_asg);
+        ASSERT_FALSE(d->gcp_shutdown_script);
+        ASSERT_U64_EQ(d->gcp_wait_usec, 60 * SEC);
+        ASSERT_FALSE(d->azure_ack);
+        ASSERT_FALSE(d->alibaba_token);
         ASSERT_EQ(d->n_processes, 1);
         ASSERT_STREQ(d->processes[0].pidfile, "/run/trainer.pid");
         ASSERT_EQ(d->processes[0].signal, SIGUSR1);
