@@ -27,7 +27,8 @@ static void help(void) {
                "\n"
                "  -c, --config FILE          configuration file (default %s)\n"
                "      --check-config         check the configuration and exit 0 (valid) or 1\n"
-               "      --fake-metadata[=aws]  serve a fake metadata service on 127.0.0.1 from inside\n"
+               "      --fake-metadata[=CLOUD] serve a fake metadata service (aws, gcp, azure, alibaba;\n"
+               "                             default aws) on 127.0.0.1 from inside\n"
                "                             the daemon and watch it (spotwatchctl fake-notice)\n"
                "  -v, --verbose              log debug messages\n"
                "  -h, --help                 show this help\n"
@@ -64,9 +65,9 @@ int main(int argc, char *argv[]) {
                         break;
                 case ARG_FAKE:
                         fake = cloud_kind_from_string(optarg ? optarg : "aws");
-                        if (fake != CLOUD_AWS) {
-                                fprintf(stderr, "spotwatchd: --fake-metadata=%s: only 'aws' is available in "
-                                                "this version\n", optarg);
+                        if (fake <= CLOUD_AUTO) {
+                                fprintf(stderr, "spotwatchd: --fake-metadata=%s: expected aws, gcp, azure or "
+                                                "alibaba\n", optarg);
                                 return 1;
                         }
                         break;

@@ -277,6 +277,9 @@ static int manager_start_provider(Manager *m) {
         int r;
 
         r = provider_new(m->cloud, &m->loop, m->http, m->config, m->base_url, &cb, m, &m->provider);
+        if (r == -EOPNOTSUPP)
+                return log_error_errno(r, "%s: [daemon] cloud = %s is not supported by this version",
+                                       strna(m->config->path), cloud_kind_to_string(m->cloud));
         if (r < 0)
                 return log_error_errno(r, "Failed to set up the %s metadata watcher: %m",
                                        cloud_kind_to_string(m->cloud));
@@ -321,10 +324,6 @@ static int manager_pick_cloud(Manager *m, const Config *c, CloudKind *ret_cloud,
                 }
                 url = c->metadata_url ? c->metadata_url : provider_default_url(cloud);
         }
-        if (cloud != CLOUD_AWS)
-                return log_error_errno(EOPNOTSUPP,
-                                       "%s: [daemon] cloud = %s is not supported by this version yet, only aws",
-                                       strna(c->path), cloud_kind_to_string(cloud));
         u = strdup(url);
         if (!u)
                 return log_oom();
@@ -757,6 +756,11 @@ int manager_run(Manager *m) {
 
         if (m->fake_cloud != _CLOUD_INVALID) {
                 r = fake_server_new(&m->loop, m->fake_cloud, "127.0.0.1", 0, &m->fake);
+                if (r == -EOPNOTSUPP) {
+                        log_error("--fake-metadata=%s: no fake for this cloud in this version",
+                                  cloud_kind_to_string(m->fake_cloud));
+                        goto fail;
+                }
                 if (r < 0) {
                         log_error_errno(r, "Failed to start the fake metadata service: %m");
                         goto fail;
