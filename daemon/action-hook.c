@@ -731,14 +731,14 @@ static int hook_copy(HookRun *to, const HookConfig *from) {
         return 0;
 }
 
-int hook_stage_new(uv_loop_t *loop, const Config *config, char *const *env, uint64_t until_usec,
-                   const HookStageCallbacks *cb, void *userdata, HookStage **ret) {
+int hook_stage_new(uv_loop_t *loop, const HookConfig *hooks, size_t n_hooks, char *const *env,
+                   uint64_t until_usec, const HookStageCallbacks *cb, void *userdata, HookStage **ret) {
         _cleanup_free_ size_t *order = NULL;
         HookStage *s;
         int r;
 
         assert(loop);
-        assert(config);
+        assert(hooks || n_hooks == 0);
         assert(ret);
 
         s = calloc(1, sizeof(*s));
@@ -760,25 +760,25 @@ int hook_stage_new(uv_loop_t *loop, const Config *config, char *const *env, uint
                 goto fail;
         }
 
-        if (config->n_hooks > 0) {
+        if (n_hooks > 0) {
                 /* Config sorts by order already; a stable sort here keeps us correct if it did not. */
-                order = calloc(config->n_hooks, sizeof(size_t));
-                s->hooks = calloc(config->n_hooks, sizeof(HookRun));
+                order = calloc(n_hooks, sizeof(size_t));
+                s->hooks = calloc(n_hooks, sizeof(HookRun));
                 if (!order || !s->hooks) {
                         r = -ENOMEM;
                         goto fail;
                 }
-                for (size_t i = 0; i < config->n_hooks; i++) {
+                for (size_t i = 0; i < n_hooks; i++) {
                         size_t j = i;
 
-                        for (; j > 0 && config->hooks[order[j - 1]].order > config->hooks[i].order; j--)
+                        for (; j > 0 && hooks[order[j - 1]].order > hooks[i].order; j--)
                                 order[j] = order[j - 1];
                         order[j] = i;
                 }
-                s->n_hooks = config->n_hooks;
-                for (size_t i = 0; i < config->n_hooks; i++) {
+                s->n_hooks = n_hooks;
+                for (size_t i = 0; i < n_hooks; i++) {
                         s->hooks[i].stage = s;
-                        r = hook_copy(&s->hooks[i], &config->hooks[order[i]]);
+                        r = hook_copy(&s->hooks[i], &hooks[order[i]]);
                         if (r < 0)
                                 goto fail;
                 }

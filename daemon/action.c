@@ -38,11 +38,13 @@ struct Plan {
         PlanDoneFn done;
         void *userdata;
 
+        HookConfig *hooks;      /* the config's hooks plus the extra one; shallow copies */
+        size_t n_hooks;
         PlanStage stage;
         uint64_t started_usec;  /* monotonic */
         uint64_t until_usec;    /* monotonic: stages must be over by then */
         SignalStage *signal;
-        HookStage *hooks;
+        HookStage *hook_stage;
         PlanSummary summary;
 };
 
@@ -51,14 +53,15 @@ static void plan_free(Plan *p) {
                 return;
         if (p->signal)
                 signal_stage_close(p->signal);
-        if (p->hooks)
-                hook_stage_close(p->hooks);
+        if (p->hook_stage)
+                hook_stage_close(p->hook_stage);
         free(p->instance_id);
+        free(p->hooks);
         free(p);
 }
 
 int plan_new(uv_loop_t *loop, const Config *config, const NoticeEvent *ev, const char *instance_id,
-             PlanDoneFn done, void *userdata, Plan **ret) {
+             const HookConfig *extra_hook, PlanDoneFn done, void *userdata, Plan **ret) {
         Plan *p;
         uint64_t now_real = now_realtime_usec(), now_mono = now_monotonic_usec(), left;
 
@@ -73,10 +76,21 @@ int plan_new(uv_loop_t *loop, const Config *config, const NoticeEvent *ev, const
         if (instance_id) {
                 p->instance_id = strdup(instance_id);
                 if (!p->instance_id) {
-                        free(p);
+                        plan_free(p);
                         return -ENOMEM;
                 }
         }
+
+        p->n_hooks = config->n_hooks + (extra_hook ? 1 : 0);
+        p->hooks = calloc(MAX(p->n_hooks, (size_t) 1), sizeof(HookConfig));
+        if (!p->hooks) {
+                plan_free(p);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < config->n_hooks; i++)
+                p->hooks[i] = config->hooks[i];
+        if (extra_hook)
+                p->hooks[config->n_hooks] = *extra_hook;
 
         /* A notice without a time from the cloud (a manual trigger, a
          * rebalance the config acts on) gets the configured budget. */
@@ -180,11 +194,11 @@ static int plan_start_hooks(Plan *p) {
         r = hook_env(p, &env);
         if (r < 0)
                 return r;
-        r = hook_stage_new(p->loop, p->config, env, p->until_usec, &cb, p, &p->hooks);
+        r = hook_stage_new(p->loop, p->hooks, p->n_hooks, env, p->until_usec, &cb, p, &p->hook_stage);
         strv_free(env);
         if (r < 0)
                 return r;
-        return hook_stage_start(p->hooks);
+        return hook_stage_start(p->hook_stage);
 }
 
 /* ---- signals ----------------------------------------------------------- */
@@ -212,7 +226,7 @@ static void on_signals_done(SignalStage *s, unsigned n_signalled, unsigned n_fai
         r = plan_start_hooks(p);
         if (r < 0) {
                 log_error_errno(r, "Failed to start the hook stage: %m, finishing the plan without hooks");
-                p->summary.n_hooks_failed = (unsigned) p->config->n_hooks;
+                p->summary.n_hooks_failed = (unsigned) p->n_hooks;
                 plan_finish(p);
         }
 }

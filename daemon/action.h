@@ -74,12 +74,12 @@ typedef struct HookStageCallbacks {
 } HookStageCallbacks;
 
 /**
- * hook_stage_new() - @env is a NULL-terminated list of "SPOTWATCH_X=..."
+ * hook_stage_new() - run @hooks (copied; sorted by order here, stable). @env is a NULL-terminated list of "SPOTWATCH_X=..."
  * strings added to each hook's environment (copied). Each hook is killed
  * (its whole process group, SIGKILL) at min(its timeout, @until_usec).
  */
-int hook_stage_new(uv_loop_t *loop, const Config *config, char *const *env, uint64_t until_usec,
-                   const HookStageCallbacks *cb, void *userdata, HookStage **ret);
+int hook_stage_new(uv_loop_t *loop, const HookConfig *hooks, size_t n_hooks, char *const *env,
+                   uint64_t until_usec, const HookStageCallbacks *cb, void *userdata, HookStage **ret);
 /** hook_stage_start() - start the lowest order group; on_done is always called later from the loop. */
 int hook_stage_start(HookStage *s);
 /** hook_stage_close() - kill what still runs, free from the loop. No callbacks after. */
@@ -102,10 +102,12 @@ typedef void (*PlanDoneFn)(Plan *p, const PlanSummary *summary, void *userdata);
 
 /**
  * plan_new() - a plan for @ev (already reported by the caller). @instance_id
- * may be NULL. The plan keeps a reference to @config until it finishes.
+ * may be NULL. @extra_hook, if not NULL, runs with the configured hooks (GCP's
+ * own shutdown-script); it is copied. The plan keeps a reference to @config
+ * until it finishes.
  */
 int plan_new(uv_loop_t *loop, const Config *config, const NoticeEvent *ev, const char *instance_id,
-             PlanDoneFn done, void *userdata, Plan **ret);
+             const HookConfig *extra_hook, PlanDoneFn done, void *userdata, Plan **ret);
 int plan_start(Plan *p);
 /** plan_mark_done() - forwards `spotwatchctl done PID` to the signal stage. */
 int plan_mark_done(Plan *p, pid_t pid);

@@ -11,7 +11,7 @@ static const char *const event_kind_table[_EVENT_MAX] = {
         [EVENT_TERMINATE] = "terminate",     [EVENT_STOP] = "stop",
         [EVENT_HIBERNATE] = "hibernate",     [EVENT_PREEMPT] = "preempt",
         [EVENT_REBALANCE] = "rebalance",     [EVENT_MAINTENANCE] = "maintenance",
-        [EVENT_MANUAL] = "manual",
+        [EVENT_MANUAL] = "manual",          [EVENT_SHUTDOWN] = "shutdown",
 };
 
 const char *event_kind_to_string(EventKind k) {

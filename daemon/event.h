@@ -16,6 +16,7 @@ typedef enum EventKind {
         EVENT_REBALANCE,
         EVENT_MAINTENANCE,
         EVENT_MANUAL,
+        EVENT_SHUTDOWN, /* the guest is shutting down (GCP shutdown-script bridge) */
         _EVENT_MAX,
         _EVENT_INVALID = -EINVAL,
 } EventKind;

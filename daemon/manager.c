@@ -188,7 +188,7 @@ static int manager_start_plan(Manager *m, const NoticeEvent *ev) {
                                           m->config->state_dir);
         }
 
-        r = plan_new(&m->loop, m->config, ev, instance_id, on_plan_done, m, &m->plan);
+        r = plan_new(&m->loop, m->config, ev, instance_id, NULL, on_plan_done, m, &m->plan);
         if (r < 0)
                 return r;
         r = plan_start(m->plan);
@@ -212,11 +212,14 @@ static void manager_handle_event(Manager *m, const NoticeEvent *ev) {
         switch (a) {
         case NOTICE_ACTION_NONE:
         case NOTICE_ACTION_JOIN:
+        case NOTICE_ACTION_ALREADY:
                 return;
         case NOTICE_ACTION_REPORT:
                 report_notice(&out, false,
                               was_running ? "a response plan is already running"
-                                          : "this kind of notice is not in [daemon] events");
+                              : (m->notice.triggered_kinds & EVENT_MASK(out.kind))
+                                      ? "a plan for it already ran from `spotwatchctl trigger`"
+                                      : "this kind of notice is not in [daemon] events");
                 return;
         case NOTICE_ACTION_START_PLAN:
                 report_notice(&out, true, NULL);
@@ -407,9 +410,10 @@ static void cmd_status(Manager *m, ControlClient *c) {
 }
 
 static void cmd_trigger(Manager *m, ControlClient *c, const ControlRequest *req) {
-        static const char *const keys[] = { "wait", NULL };
-        NoticeEvent ev = { .kind = EVENT_MANUAL, .cloud = m->cloud }, out;
-        const char *bad = NULL, *w;
+        static const char *const keys[] = { "wait", "event", NULL };
+        NoticeEvent out;
+        const char *bad = NULL, *w, *e;
+        EventKind kind = EVENT_MANUAL;
         bool wait = false;
         NoticeAction a;
 
@@ -418,23 +422,52 @@ static void cmd_trigger(Manager *m, ControlClient *c, const ControlRequest *req)
         w = control_request_get(req, "wait");
         if (w && parse_bool(w, &wait) < 0)
                 return control_client_reply_error(c, "wait: expected yes or no, got '%s'", w);
+        e = control_request_get(req, "event");
+        if (e) {
+                kind = event_kind_from_string(e);
+                if (kind < 0)
+                        return control_client_reply_error(c, "event: unknown event '%s' (expected terminate, "
+                                                             "stop, hibernate, preempt, rebalance, maintenance, "
+                                                             "manual or shutdown)", e);
+        }
         if (!client_privileged(m, c))
                 return control_client_reply_error(c, "permission denied (uid %u)",
                                                   (unsigned) control_client_uid(c));
 
-        ev.deadline_usec = now_realtime_usec() + m->config->default_deadline_usec;
-        log_notice("Manual trigger from PID %d (uid %u)", (int) control_client_pid(c),
+        log_notice("Trigger (%s) from PID %d (uid %u)", event_kind_to_string(kind), (int) control_client_pid(c),
                    (unsigned) control_client_uid(c));
-        a = notice_feed(&m->notice, &ev, now_realtime_usec(), &out);
-        if (a == NOTICE_ACTION_START_PLAN) {
+        a = notice_trigger(&m->notice, kind, now_realtime_usec(), &out);
+        switch (a) {
+        case NOTICE_ACTION_START_PLAN:
+                out.cloud = m->cloud;
+                out.deadline_usec = now_realtime_usec() + m->config->default_deadline_usec;
+                /* The shutdown path says the cloud is taking the machine: keep the
+                 * deadline the cloud gives for it, if it is shorter. */
+                if (kind == EVENT_PREEMPT && m->cloud == CLOUD_GCP)
+                        out.deadline_usec = MIN(out.deadline_usec, now_realtime_usec() + 30 * USEC_PER_SEC);
+                m->notice.plan_event = out;
                 report_notice(&out, true, NULL);
                 if (manager_start_plan(m, &out) < 0 && !m->plan)
                         return control_client_reply_error(c, "the plan failed to start");
                 control_client_reply_kv(c, "plan", "started");
-        } else if (a == NOTICE_ACTION_JOIN)
+                break;
+        case NOTICE_ACTION_JOIN:
                 control_client_reply_kv(c, "plan", "joined");
-        else
+                break;
+        case NOTICE_ACTION_ALREADY:
+                control_client_reply_kv(c, "plan", "already-done");
+                if (m->have_summary) {
+                        control_client_reply_kv(c, "signalled", "%u", m->last_summary.n_signalled);
+                        control_client_reply_kv(c, "hooks_ok", "%u", m->last_summary.n_hooks_ok);
+                        control_client_reply_kv(c, "hooks_failed", "%u", m->last_summary.n_hooks_failed);
+                }
+                return control_client_reply_ok(c);
+        case NOTICE_ACTION_NONE:
+        case NOTICE_ACTION_REPORT:
+        case _NOTICE_ACTION_MAX:
+        case _NOTICE_ACTION_INVALID:
                 return control_client_reply_error(c, "refused (%s)", notice_action_to_string(a));
+        }
 
         if (!wait || !m->plan)
                 return control_client_reply_ok(c);
@@ -472,7 +505,11 @@ static void cmd_fake_notice(Manager *m, ControlClient *c, const ControlRequest *
                 return control_client_reply_ok(c);
         }
 
-        action = control_request_get(req, "action") ?: "terminate";
+        /* Default: the cloud's first word (aws: terminate, gcp and azure: preempt). */
+        char first[32];
+        (void) snprintf(first, sizeof(first), "%.*s", (int) strcspn(fake_server_events(m->fake), ","),
+                        fake_server_events(m->fake));
+        action = control_request_get(req, "action") ?: first;
         in = control_request_get(req, "in");
         if (in && parse_duration(in, &in_usec) < 0)
                 return control_client_reply_error(c, "in: invalid duration '%s'", in);

@@ -27,6 +27,7 @@ static const char *const notice_action_table[_NOTICE_ACTION_MAX] = {
         [NOTICE_ACTION_REPORT] = "report",
         [NOTICE_ACTION_START_PLAN] = "start-plan",
         [NOTICE_ACTION_JOIN] = "join",
+        [NOTICE_ACTION_ALREADY] = "already",
 };
 
 const char *notice_action_to_string(NoticeAction a) {
@@ -95,18 +96,8 @@ NoticeAction notice_feed(Notice *n, const NoticeEvent *ev, uint64_t now_usec, No
         if (e.notice_usec == 0)
                 e.notice_usec = now_usec;
 
-        if (e.kind == EVENT_MANUAL) {
-                if (n->state == NOTICE_PLAN_RUNNING)
-                        return NOTICE_ACTION_JOIN;
-                if (isempty(e.id))
-                        (void) snprintf(e.id, sizeof(e.id), "manual:%llu",
-                                        (unsigned long long) ++n->manual_counter);
-                notice_mark_seen(n, e.id);
-                n->plan_event = e;
-                notice_set_state(n, NOTICE_PLAN_RUNNING, now_usec);
-                *ret_event = e;
-                return NOTICE_ACTION_START_PLAN;
-        }
+        if (e.kind == EVENT_MANUAL)
+                return notice_trigger(n, EVENT_MANUAL, now_usec, ret_event);
 
         /* A notice without an id cannot be told apart from the next poll's:
          * refuse it rather than risk a plan per poll. Providers always set one. */
@@ -117,11 +108,39 @@ NoticeAction notice_feed(Notice *n, const NoticeEvent *ev, uint64_t now_usec, No
                 return NOTICE_ACTION_NONE;
         notice_mark_seen(n, e.id);
 
-        if (!(n->events_mask & EVENT_MASK(e.kind)) || n->state == NOTICE_PLAN_RUNNING) {
+        if (!(n->events_mask & EVENT_MASK(e.kind)) || n->state == NOTICE_PLAN_RUNNING ||
+            (n->triggered_kinds & EVENT_MASK(e.kind))) {
                 *ret_event = e;
                 return NOTICE_ACTION_REPORT;
         }
 
+        n->planned_kinds |= EVENT_MASK(e.kind);
+        n->plan_event = e;
+        notice_set_state(n, NOTICE_PLAN_RUNNING, now_usec);
+        *ret_event = e;
+        return NOTICE_ACTION_START_PLAN;
+}
+
+NoticeAction notice_trigger(Notice *n, EventKind kind, uint64_t now_usec, NoticeEvent *ret_event) {
+        NoticeEvent e = { .kind = kind, .notice_usec = now_usec };
+
+        if (kind < 0 || kind >= _EVENT_MAX)
+                return NOTICE_ACTION_NONE;
+        if (n->state == NOTICE_PLAN_RUNNING)
+                return NOTICE_ACTION_JOIN;
+        if (kind != EVENT_MANUAL && (n->planned_kinds & EVENT_MASK(kind)))
+                return NOTICE_ACTION_ALREADY;
+
+        (void) snprintf(e.id, sizeof(e.id), "%s:%llu", kind == EVENT_MANUAL ? "manual" : "trigger",
+                        (unsigned long long) ++n->manual_counter);
+        if (kind != EVENT_MANUAL)
+                (void) snprintf(e.detail, sizeof(e.detail), "spotwatchctl trigger --event %s",
+                                event_kind_to_string(kind));
+        notice_mark_seen(n, e.id);
+        if (kind != EVENT_MANUAL) {
+                n->planned_kinds |= EVENT_MASK(kind);
+                n->triggered_kinds |= EVENT_MASK(kind);
+        }
         n->plan_event = e;
         notice_set_state(n, NOTICE_PLAN_RUNNING, now_usec);
         *ret_event = e;

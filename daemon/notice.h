@@ -7,7 +7,8 @@
  * notice (same id) seen again on any later poll never starts another; while a
  * plan runs, any other notice is recorded and reported but does not start a
  * second plan; a manual trigger starts a plan unless one is running, in which
- * case the caller joins the running one.
+ * case the caller joins the running one; a trigger for a kind (the shutdown
+ * path saying "preempt") and the cloud's notice of that kind run one plan.
  */
 #pragma once
 
@@ -31,6 +32,7 @@ typedef enum NoticeAction {
         NOTICE_ACTION_REPORT,     /* new notice: report it, start nothing */
         NOTICE_ACTION_START_PLAN, /* new notice: report it and start the plan */
         NOTICE_ACTION_JOIN,       /* manual trigger while a plan runs: wait for that one */
+        NOTICE_ACTION_ALREADY,    /* trigger for a kind whose plan has already run: nothing to do */
         _NOTICE_ACTION_MAX,
         _NOTICE_ACTION_INVALID = -EINVAL,
 } NoticeAction;
@@ -49,6 +51,8 @@ typedef struct Notice {
         char seen[NOTICE_SEEN_MAX][160];     /* ids of notices already acted on, a ring */
         unsigned n_seen, seen_next;
         uint64_t manual_counter;
+        unsigned planned_kinds;              /* EVENT_MASK()s of every kind a plan has started for */
+        unsigned triggered_kinds;            /* ... of the kinds a trigger (not a cloud notice) started */
 } Notice;
 
 void notice_init(Notice *n, unsigned events_mask);
@@ -62,6 +66,15 @@ void notice_set_events_mask(Notice *n, unsigned events_mask);
  * a fresh one is made.
  */
 NoticeAction notice_feed(Notice *n, const NoticeEvent *ev, uint64_t now_usec, NoticeEvent *ret_event);
+
+/**
+ * notice_trigger() - `spotwatchctl trigger [--event KIND]`. While a plan runs:
+ * JOIN. For a KIND other than manual whose plan already ran (from a cloud
+ * notice or an earlier trigger): ALREADY. Otherwise START_PLAN, and from then
+ * on a cloud notice of KIND is reported only: the GCP shutdown-script path and
+ * the metadata watcher run one plan between them, whichever comes first.
+ */
+NoticeAction notice_trigger(Notice *n, EventKind kind, uint64_t now_usec, NoticeEvent *ret_event);
 
 /** notice_plan_finished() - the running plan ended (in any way). */
 void notice_plan_finished(Notice *n, uint64_t now_usec);

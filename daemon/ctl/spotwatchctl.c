@@ -22,14 +22,18 @@ static void help(void) {
                "\n"
                "Commands:\n"
                "  status                          what the daemon watches, its last poll, the plan\n"
-               "  trigger [--wait]                run the response plan now (a manual notice);\n"
-               "                                  --wait returns when the plan has finished\n"
+               "  trigger [--wait] [--event KIND] run the response plan now (a manual notice, or KIND:\n"
+               "                                  preempt, terminate, shutdown, ...); --wait returns\n"
+               "                                  when the plan has finished. A KIND whose plan already\n"
+               "                                  ran (from the cloud's notice) does not run it again\n"
                "  done [--pid PID]                tell the running plan that PID (default: the process\n"
                "                                  that runs spotwatchctl) has checkpointed\n"
-               "  fake-notice [--action A] [--in SECONDS] [--clear]\n"
+               "  fake-notice [--action|--event E] [--in SECONDS] [--clear]\n"
                "                                  fake-metadata mode: put a notice on the fake metadata\n"
-               "                                  service; A is terminate (default), stop, hibernate or\n"
-               "                                  rebalance; the deadline is SECONDS from now (120)\n"
+               "                                  service; E is the cloud's word (aws: terminate, stop,\n"
+               "                                  hibernate, rebalance, ...; gcp: preempt, maintenance;\n"
+               "                                  azure: preempt, terminate, reboot, ...); its time is\n"
+               "                                  SECONDS from now (120)\n"
                "  ping                            check that the daemon answers\n"
                "\n"
                "  --socket PATH   the daemon's control socket (default %s)\n"
@@ -133,7 +137,7 @@ static int run(const char *path, const char *command, const char *line, bool wai
 }
 
 int main(int argc, char *argv[]) {
-        enum { ARG_SOCKET = 0x100, ARG_VERSION, ARG_WAIT, ARG_ACTION, ARG_IN, ARG_CLEAR, ARG_PID };
+        enum { ARG_SOCKET = 0x100, ARG_VERSION, ARG_WAIT, ARG_ACTION, ARG_EVENT, ARG_IN, ARG_CLEAR, ARG_PID };
         static const struct option options[] = {
                 { "socket", required_argument, NULL, ARG_SOCKET },
                 { "config", required_argument, NULL, 'c' },
@@ -141,6 +145,7 @@ int main(int argc, char *argv[]) {
                 { "version", no_argument, NULL, ARG_VERSION },
                 { "wait", no_argument, NULL, ARG_WAIT },
                 { "action", required_argument, NULL, ARG_ACTION },
+                { "event", required_argument, NULL, ARG_EVENT },
                 { "in", required_argument, NULL, ARG_IN },
                 { "clear", no_argument, NULL, ARG_CLEAR },
                 { "pid", required_argument, NULL, ARG_PID },
@@ -148,7 +153,7 @@ int main(int argc, char *argv[]) {
         };
         _cleanup_(config_freep) Config *config = NULL;
         const char *socket_path = NULL, *config_path = NULL, *command;
-        const char *action = NULL, *in = NULL, *pid = NULL;
+        const char *action = NULL, *event = NULL, *in = NULL, *pid = NULL;
         bool wait = false, clear = false;
         char line[CONTROL_LINE_MAX];
         int c, r = 0;
@@ -173,6 +178,9 @@ int main(int argc, char *argv[]) {
                         break;
                 case ARG_ACTION:
                         action = optarg;
+                        break;
+                case ARG_EVENT:
+                        event = optarg;
                         break;
                 case ARG_IN:
                         in = optarg;
@@ -211,24 +219,27 @@ int main(int argc, char *argv[]) {
 
         (void) snprintf(line, sizeof(line), "%s", command);
         if (streq(command, "status") || streq(command, "ping")) {
-                if (wait || action || in || clear || pid)
+                if (wait || action || event || in || clear || pid)
                         goto bad_option;
         } else if (streq(command, "trigger")) {
                 if (action || in || clear || pid)
                         goto bad_option;
                 if (wait)
                         r = add_arg(line, sizeof(line), "wait", "yes");
+                if (r >= 0 && event)
+                        r = add_arg(line, sizeof(line), "event", event);
         } else if (streq(command, "fake-notice")) {
-                if (wait || pid)
+                if (wait || pid || (action && event))
                         goto bad_option;
-                if (action)
-                        r = add_arg(line, sizeof(line), "action", action);
+                /* --event is the same as --action: the cloud's own word. */
+                if (action || event)
+                        r = add_arg(line, sizeof(line), "action", action ?: event);
                 if (r >= 0 && in)
                         r = add_arg(line, sizeof(line), "in", in);
                 if (r >= 0 && clear)
                         r = add_arg(line, sizeof(line), "clear", "yes");
         } else if (streq(command, "done")) {
-                if (wait || action || in || clear)
+                if (wait || action || event || in || clear)
                         goto bad_option;
                 /* Without --pid: the process that ran us, e.g. the trainer
                  * calling `spotwatchctl done` from its signal handler. */

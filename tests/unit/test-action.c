@@ -1049,7 +1049,7 @@ static HookCtx *hooks_run(const Config *config, char *const *env, uint64_t until
         ASSERT_TRUE(c);
         ASSERT_OK(uv_loop_init(&loop));
         c->loop = &loop;
-        ASSERT_OK(hook_stage_new(&loop, config, env, until_usec, &hook_callbacks, c, &c->stage));
+        ASSERT_OK(hook_stage_new(&loop, config->hooks, config->n_hooks, env, until_usec, &hook_callbacks, c, &c->stage));
         c->in_start = true;
         ASSERT_OK(hook_stage_start(c->stage));
         c->in_start = false;
@@ -1471,7 +1471,7 @@ static void test_hook_close_running(void) {
         test_config_add_hook(config, "long", 10, 30 * USEC_PER_SEC, NULL, "/bin/sleep", "100", NULL);
         ASSERT_OK(uv_loop_init(&loop));
         c->loop = &loop;
-        ASSERT_OK(hook_stage_new(&loop, config, NULL, now_monotonic_usec() + 60 * USEC_PER_SEC,
+        ASSERT_OK(hook_stage_new(&loop, config->hooks, config->n_hooks, NULL, now_monotonic_usec() + 60 * USEC_PER_SEC,
                                  &hook_callbacks, c, &c->stage));
         ASSERT_OK(hook_stage_start(c->stage));
         ASSERT_OK(uv_timer_init(&loop, &t));

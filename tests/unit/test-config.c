@@ -457,7 +457,7 @@ static void test_errors(void) {
                   "10m" },
                 { "[daemon]\nevents = terminate reboot\n",
                   ":2: [daemon] events: unknown event 'reboot' (expected some of: terminate stop hibernate "
-                  "preempt rebalance maintenance manual)" },
+                  "preempt rebalance maintenance manual shutdown)" },
                 { "[daemon]\nevents =\n", ":2: [daemon] events: empty value, list some of: terminate stop" },
                 { "[daemon]\nevents = \"terminate\n",
                   ":2: [daemon] events: invalid list of events '\"terminate'" },

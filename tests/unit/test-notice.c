@@ -100,6 +100,45 @@ static void test_manual(void) {
         ASSERT_EQ(n.n_plans, 2);
 }
 
+/* The GCP shutdown-script bridge: the cloud's notice and the guest's shutdown
+ * path (trigger --event preempt) run one plan between them, in either order. */
+static void test_bridge_notice_first(void) {
+        Notice n;
+        NoticeEvent out, p = ev(EVENT_PREEMPT, "gcp:preempted:1", T0 + 30 * SEC);
+
+        notice_init(&n, EVENT_MASK_DEFAULT);
+        ASSERT_EQ(notice_feed(&n, &p, T0, &out), NOTICE_ACTION_START_PLAN);
+        ASSERT_EQ(notice_trigger(&n, EVENT_PREEMPT, T0 + SEC, &out), NOTICE_ACTION_JOIN);
+        notice_plan_finished(&n, T0 + 2 * SEC);
+        ASSERT_EQ(notice_trigger(&n, EVENT_PREEMPT, T0 + 3 * SEC, &out), NOTICE_ACTION_ALREADY);
+        ASSERT_EQ(n.n_plans, 1);
+        /* A manual trigger is always a new plan; another kind too. */
+        ASSERT_EQ(notice_trigger(&n, EVENT_SHUTDOWN, T0 + 4 * SEC, &out), NOTICE_ACTION_START_PLAN);
+        ASSERT_EQ(out.kind, EVENT_SHUTDOWN);
+        ASSERT_EQ(n.n_plans, 2);
+}
+
+static void test_bridge_trigger_first(void) {
+        Notice n;
+        NoticeEvent out, p = ev(EVENT_PREEMPT, "gcp:preempted:1", T0 + 30 * SEC);
+
+        notice_init(&n, EVENT_MASK_DEFAULT);
+        ASSERT_EQ(notice_trigger(&n, EVENT_PREEMPT, T0, &out), NOTICE_ACTION_START_PLAN);
+        ASSERT_EQ(out.kind, EVENT_PREEMPT);
+        ASSERT_CONTAINS(out.id, "trigger:");
+        /* The cloud's notice while the plan runs, and after it: reported only. */
+        ASSERT_EQ(notice_feed(&n, &p, T0 + SEC, &out), NOTICE_ACTION_REPORT);
+        notice_plan_finished(&n, T0 + 2 * SEC);
+        p = ev(EVENT_PREEMPT, "gcp:preempted:2", T0 + 30 * SEC);
+        ASSERT_EQ(notice_feed(&n, &p, T0 + 3 * SEC, &out), NOTICE_ACTION_REPORT);
+        ASSERT_EQ(notice_trigger(&n, EVENT_PREEMPT, T0 + 4 * SEC, &out), NOTICE_ACTION_ALREADY);
+        ASSERT_EQ(n.n_plans, 1);
+        /* Other kinds still start plans. */
+        p = ev(EVENT_TERMINATE, "aws:x", 0);
+        ASSERT_EQ(notice_feed(&n, &p, T0 + 5 * SEC, &out), NOTICE_ACTION_START_PLAN);
+        ASSERT_EQ(notice_trigger(&n, _EVENT_MAX, T0, &out), NOTICE_ACTION_NONE);
+}
+
 static void test_bad_input(void) {
         Notice n;
         NoticeEvent out, e = ev(EVENT_TERMINATE, "", 0);
@@ -157,6 +196,8 @@ int main(void) {
         RUN(test_other_notice_while_running);
         RUN(test_new_notice_after_plan);
         RUN(test_manual);
+        RUN(test_bridge_notice_first);
+        RUN(test_bridge_trigger_first);
         RUN(test_bad_input);
         RUN(test_seen_ring);
         RUN(test_strings);
