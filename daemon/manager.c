@@ -77,6 +77,7 @@ struct Manager {
         char status[256];
         int exit_code;
         bool stopping;
+        bool stop_after_plan;       /* SIGTERM came while a plan ran: finish it, then stop */
 };
 
 /* ---- sd_notify ---------------------------------------------------------- */
@@ -144,12 +145,18 @@ static void reply_waiters(Manager *m, const PlanSummary *s) {
         }
 }
 
+static void manager_stop(Manager *m, int code);
+
 static void on_plan_reaper(uv_timer_t *t) {
         Manager *m = container_of(t, Manager, plan_reaper);
 
         if (m->plan_closing) {
                 plan_close(m->plan_closing);
                 m->plan_closing = NULL;
+        }
+        if (m->stop_after_plan && !m->plan) {
+                log_info("The response plan has finished: stopping");
+                manager_stop(m, 0);
         }
 }
 
@@ -173,6 +180,7 @@ static void on_plan_done(Plan *p, const PlanSummary *s, void *userdata) {
         m->retired_config = config_free(m->retired_config);
         reply_waiters(m, s);
         manager_update_status(m);
+        /* A pending stop happens from the reaper, outside the plan's callbacks. */
 }
 
 static int manager_start_plan(Manager *m, const NoticeEvent *ev) {
@@ -706,6 +714,21 @@ static void on_signal(uv_signal_t *s, int signum) {
         if (signum == SIGHUP) {
                 log_info("SIGHUP: reloading configuration");
                 (void) manager_reload(m);
+                return;
+        }
+        /* A stop while a plan runs (a system shutdown during a preemption, say)
+         * waits for the plan, which the deadline bounds; a second signal stops
+         * at once. */
+        if (m->plan && !m->stop_after_plan) {
+                int64_t left = (int64_t) m->notice.plan_event.deadline_usec - (int64_t) now_realtime_usec();
+                uint64_t extend = (uint64_t) MAX(left, (int64_t) 0) + 5 * USEC_PER_SEC;
+
+                m->stop_after_plan = true;
+                log_notice("%s: stopping once the response plan has finished (at most %" PRIu64
+                           "s; send it again to stop now)",
+                           signal_to_string(signum), extend / USEC_PER_SEC);
+                (void) sd_notifyf(false, "EXTEND_TIMEOUT_USEC=%" PRIu64 "\nSTATUS=Finishing the response plan "
+                                         "before stopping", extend);
                 return;
         }
         log_info("%s: stopping", signal_to_string(signum));

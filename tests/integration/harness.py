@@ -168,6 +168,11 @@ class Daemon:
     def stop(self, sig=signal.SIGTERM, timeout=15):
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+            # A stop during a plan waits for the plan; a second signal stops at once.
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(sig)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -5,6 +5,7 @@ restarts does not start its plan again (state_dir/plans), and a plan cut
 short by a stop is reported at the next start, not re-run. Uses the
 independent fake IMDS, whose notice survives the daemon."""
 import os
+import signal
 import sys
 import time
 
@@ -55,7 +56,10 @@ def test_interrupted_plan_reported_not_rerun():
         fake.notice = ("stop", rfc3339(100))
         with daemon(fake, state, sections) as d:
             wait_until(lambda: os.path.exists(f"{tmp}/runs"), 5, what="the slow hook to start")
-            check(d.stop() == 0, "SIGTERM mid-plan: clean exit")
+            d.proc.send_signal(signal.SIGTERM)
+            d.wait_stderr(r"stopping once the response plan has finished", 5)
+            check(d.proc.poll() is None, "first SIGTERM mid-plan: the daemon waits for the plan")
+            check(d.stop() == 0, "second SIGTERM: it stops at once, exit 0")
             done = d.records("plan-done")
             check(len(done) == 1 and done[0].get("SPOTWATCH_ABORTED") == "yes",
                   "the interrupted plan is recorded as aborted")
@@ -68,5 +72,33 @@ def test_interrupted_plan_reported_not_rerun():
         fake.stop()
 
 
+def test_stop_finishes_the_plan():
+    """A stop during a plan (a shutdown during a preemption) finishes the plan first,
+    extending systemd's stop timeout, then exits."""
+    fake = FakeImds().start()
+    tmp = harness.mkdtemp()
+    hook = os.path.join(tmp, "slow.sh")
+    with open(hook, "w") as f:
+        f.write(f"#!/bin/sh\nsleep 1.5\necho done >> {tmp}/done\n")
+    os.chmod(hook, 0o755)
+    try:
+        fake.notice = ("terminate", rfc3339(60))
+        with daemon(fake, os.path.join(tmp, "state"), f'[hook "slow"]\nexec = {hook}\n') as d:
+            d.wait_stderr(r"\[plan-start\]", 5)
+            d.proc.send_signal(signal.SIGTERM)
+            rc = d.proc.wait(15)
+            check(rc == 0, "exit 0 after the plan")
+            check(os.path.exists(f"{tmp}/done"), "the hook ran to its end")
+            done = d.records("plan-done")
+            check(len(done) == 1 and "SPOTWATCH_ABORTED" not in done[0], "plan-done, not aborted")
+            ext = [m for m in d.read_notify() if m.startswith("EXTEND_TIMEOUT_USEC=")]
+            check(ext and 60e6 <= int(ext[0].split("=")[1]) <= 66e6,
+                  f"EXTEND_TIMEOUT_USEC covers the deadline: {ext}")
+            check("STOPPING=1" in d.read_notify(), "STOPPING=1")
+    finally:
+        fake.stop()
+
+
 if __name__ == "__main__":
-    main([test_no_second_plan_after_restart, test_interrupted_plan_reported_not_rerun])
+    main([test_no_second_plan_after_restart, test_interrupted_plan_reported_not_rerun,
+          test_stop_finishes_the_plan])
