@@ -183,9 +183,55 @@ static void on_plan_done(Plan *p, const PlanSummary *s, void *userdata) {
         /* A pending stop happens from the reaper, outside the plan's callbacks. */
 }
 
+/*
+ * GCP: gcp_shutdown_script = yes runs the instance's own shutdown-script (the
+ * provider fetched it at the preemption) as one more hook, at once, so it gets
+ * the whole 30 s window instead of what is left after the ACPI power-off.
+ * Written next to the control socket (the RuntimeDirectory), mode 0700.
+ */
+static int manager_shutdown_script_hook(Manager *m, const NoticeEvent *ev, char **ret_path, HookConfig *ret) {
+        _cleanup_free_ char *dir = NULL, *path = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        const char *script = m->provider ? m->provider->shutdown_script : NULL;
+        size_t n;
+        char *slash;
+
+        if (!m->config->gcp_shutdown_script || m->cloud != CLOUD_GCP || ev->kind != EVENT_PREEMPT ||
+            isempty(script))
+                return 0;
+        dir = strdup(m->config->control_socket);
+        if (!dir)
+                return -ENOMEM;
+        slash = strrchr(dir, '/');
+        if (slash && slash != dir)
+                *slash = 0;
+        if (asprintf(&path, "%s/gce-shutdown-script", dir) < 0)
+                return -ENOMEM;
+        (void) unlink(path);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0700);
+        if (fd < 0)
+                return -errno;
+        n = strlen(script);
+        if (write(fd, script, n) != (ssize_t) n)
+                return errno > 0 ? -errno : -EIO;
+
+        *ret = (HookConfig) {
+                .name = (char *) "gce-shutdown-script",
+                /* As the guest agent does: a script without "#!" runs under a shell. */
+                .timeout_usec = ev->deadline_usec > now_realtime_usec() ? ev->deadline_usec - now_realtime_usec()
+                                                                         : USEC_PER_SEC,
+                .order = 0,
+        };
+        *ret_path = TAKE_PTR(path);
+        return 1;
+}
+
 static int manager_start_plan(Manager *m, const NoticeEvent *ev) {
         const char *instance_id = m->provider ? m->provider->instance_id : NULL;
-        int r;
+        _cleanup_free_ char *script_path = NULL;
+        HookConfig extra = {};
+        char *argv[3] = {};
+        int r, k;
 
         /* Durably before the first action, so a restart never runs it again. */
         if (event_persisted(ev)) {
@@ -196,7 +242,19 @@ static int manager_start_plan(Manager *m, const NoticeEvent *ev) {
                                           m->config->state_dir);
         }
 
-        r = plan_new(&m->loop, m->config, ev, instance_id, NULL, on_plan_done, m, &m->plan);
+        k = manager_shutdown_script_hook(m, ev, &script_path, &extra);
+        if (k < 0)
+                log_warning_errno(k, "Failed to write the instance's shutdown-script: %m, running the plan "
+                                     "without it");
+        if (k > 0) {
+                bool shebang = strncmp(m->provider->shutdown_script, "#!", 2) == 0;
+                argv[0] = shebang ? script_path : (char *) "/bin/sh";
+                argv[1] = shebang ? NULL : script_path;
+                extra.argv = argv;
+                log_notice("Running the instance's shutdown-script (%s) as a hook now",
+                           script_path);
+        }
+        r = plan_new(&m->loop, m->config, ev, instance_id, k > 0 ? &extra : NULL, on_plan_done, m, &m->plan);
         if (r < 0)
                 return r;
         r = plan_start(m->plan);
