@@ -338,10 +338,20 @@ static void on_provider_poll(Provider *p, int error, const char *what, const cha
         manager_update_status(m);
 }
 
+static void on_provider_cancel(Provider *p, const NoticeEvent *ev, void *userdata) {
+        report_cancel(ev);
+}
+
+static void on_provider_ack(Provider *p, const NoticeEvent *ev, int error, const char *detail, void *userdata) {
+        report_ack(ev, error, detail);
+}
+
 static int manager_start_provider(Manager *m) {
         static const ProviderCallbacks cb = {
                 .on_event = on_provider_event,
                 .on_poll = on_provider_poll,
+                .on_cancel = on_provider_cancel,
+                .on_ack = on_provider_ack,
         };
         int r;
 

@@ -13,3 +13,5 @@
 #define REPORT_ID_HOOK        "bf39a5db9aa64e48bf1647c6e308aa24"
 #define REPORT_ID_HOOK_OUTPUT "28600efdea7841349d9fef75293779af"
 #define REPORT_ID_PLAN_DONE   "8ed4d92b6efb4f629d8a2b76b940047d"
+#define REPORT_ID_CANCEL      "c86e4aee6caf4d188b25dccad585c9cc"
+#define REPORT_ID_ACK         "10e8fbafcdaf48ac82b873a5d3a033f4"

@@ -36,14 +36,16 @@ static const char *const report_kind_table[_REPORT_KIND_MAX] = {
         [REPORT_NOTICE] = "notice",       [REPORT_PLAN_START] = "plan-start",
         [REPORT_SIGNAL] = "signal",       [REPORT_PROCESS] = "process",
         [REPORT_HOOK] = "hook",           [REPORT_HOOK_OUTPUT] = "hook-output",
-        [REPORT_PLAN_DONE] = "plan-done",
+        [REPORT_PLAN_DONE] = "plan-done",   [REPORT_CANCEL] = "cancel",
+        [REPORT_ACK] = "ack",
 };
 
 static const char *const report_id_table[_REPORT_KIND_MAX] = {
         [REPORT_NOTICE] = REPORT_ID_NOTICE,   [REPORT_PLAN_START] = REPORT_ID_PLAN_START,
         [REPORT_SIGNAL] = REPORT_ID_SIGNAL,   [REPORT_PROCESS] = REPORT_ID_PROCESS,
         [REPORT_HOOK] = REPORT_ID_HOOK,       [REPORT_HOOK_OUTPUT] = REPORT_ID_HOOK_OUTPUT,
-        [REPORT_PLAN_DONE] = REPORT_ID_PLAN_DONE,
+        [REPORT_PLAN_DONE] = REPORT_ID_PLAN_DONE, [REPORT_CANCEL] = REPORT_ID_CANCEL,
+        [REPORT_ACK] = REPORT_ID_ACK,
 };
 
 const char *report_kind_to_string(ReportKind k) {
@@ -331,5 +333,37 @@ void report_plan_done(const NoticeEvent *ev, const PlanSummary *s) {
         field(&r, "SPOTWATCH_CUT_BY_DEADLINE", "%s", s->cut_by_deadline ? "yes" : "no");
         if (s->aborted)
                 field(&r, "SPOTWATCH_ABORTED", "yes");
+        record_emit(&r);
+}
+
+void report_cancel(const NoticeEvent *ev) {
+        Record r;
+
+        record_init(&r, REPORT_CANCEL, LOG_NOTICE);
+        message(&r, "%s notice%s%s%s from %s was cancelled before its time", event_kind_to_string(ev->kind),
+                isempty(ev->detail) ? "" : " (", isempty(ev->detail) ? "" : ev->detail,
+                isempty(ev->detail) ? "" : ")", cloud_kind_to_string(ev->cloud));
+        event_fields(&r, ev);
+        if (!isempty(ev->detail))
+                field(&r, "SPOTWATCH_DETAIL", "%s", ev->detail);
+        record_emit(&r);
+}
+
+void report_ack(const NoticeEvent *ev, int error, const char *detail) {
+        Record r;
+
+        record_init(&r, REPORT_ACK, error < 0 ? LOG_ERR : LOG_NOTICE);
+        if (error < 0)
+                message(&r, "Failed to acknowledge the %s notice to %s: %s", event_kind_to_string(ev->kind),
+                        cloud_kind_to_string(ev->cloud), detail ? detail : strerror(-error));
+        else
+                message(&r, "Acknowledged the %s notice to %s: the platform may go ahead",
+                        event_kind_to_string(ev->kind), cloud_kind_to_string(ev->cloud));
+        event_fields(&r, ev);
+        field(&r, "SPOTWATCH_ACK", "%s", error < 0 ? "failed" : "sent");
+        if (error < 0) {
+                field(&r, "SPOTWATCH_ERROR", "%s", detail ? detail : strerror(-error));
+                field(&r, "ERRNO", "%d", -error);
+        }
         record_emit(&r);
 }

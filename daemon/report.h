@@ -23,6 +23,8 @@ typedef enum ReportKind {
         REPORT_HOOK,
         REPORT_HOOK_OUTPUT,
         REPORT_PLAN_DONE,
+        REPORT_CANCEL,
+        REPORT_ACK,
         _REPORT_KIND_MAX,
         _REPORT_KIND_INVALID = -EINVAL,
 } ReportKind;
@@ -40,3 +42,7 @@ void report_hook(const NoticeEvent *ev, const char *hook, pid_t pid, int exit_st
                  bool timed_out, int error, uint64_t duration_usec);
 void report_hook_output(const NoticeEvent *ev, const char *hook, pid_t pid, const char *stream, const char *line);
 void report_plan_done(const NoticeEvent *ev, const PlanSummary *s);
+/** A notice the cloud withdrew before its time (Azure: the event left the document). */
+void report_cancel(const NoticeEvent *ev);
+/** The cloud was told the plan is done (Azure StartRequests): @error 0 or -errno with @detail. */
+void report_ack(const NoticeEvent *ev, int error, const char *detail);
