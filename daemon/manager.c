@@ -19,6 +19,7 @@
 #include "action.h"
 #include "build-config.h"
 #include "control.h"
+#include "detect.h"
 #include "fake-server.h"
 #include "http.h"
 #include "manager.h"
@@ -77,6 +78,7 @@ struct Manager {
         char status[256];
         int exit_code;
         bool stopping;
+        bool detecting;             /* cloud = auto probes turn the loop */
         bool stop_after_plan;       /* SIGTERM came while a plan ran: finish it, then stop */
 };
 
@@ -369,38 +371,93 @@ static int manager_start_provider(Manager *m) {
         return 0;
 }
 
-/* Which cloud and which address, from the config and --fake-metadata. */
-static int manager_pick_cloud(Manager *m, const Config *c, CloudKind *ret_cloud, char **ret_url) {
+/* ---- cloud = auto ------------------------------------------------------------ */
+
+typedef struct AutoDetect {
+        bool done;
+        CloudKind cloud;
+        char why[1024];
+} AutoDetect;
+
+static void on_detect_done(DetectProbe *p, CloudKind cloud, const char *why, void *userdata) {
+        AutoDetect *d = userdata;
+
+        d->done = true;
+        d->cloud = cloud;
+        (void) snprintf(d->why, sizeof(d->why), "%s", why);
+}
+
+/*
+ * cloud = auto (see detect.h): the DMI data first, then one round of metadata
+ * probes, at [daemon] metadata_url for every cloud when it is set. Start-up
+ * only: the probes turn the loop here, before anything but the signal
+ * handlers is on it, which must never happen inside a callback (a reload).
+ */
+static int manager_detect_cloud(Manager *m, const Config *c, CloudKind *ret_cloud) {
+        _cleanup_(detect_probe_freep) DetectProbe *probe = NULL;
+        const char *root = detect_dmi_root();
+        const char *urls[_CLOUD_MAX] = {};
+        AutoDetect d = { .cloud = _CLOUD_INVALID };
+        char dmi_why[512];
+        CloudKind cloud;
+        int r;
+
+        r = detect_from_dmi(root, &cloud, dmi_why, sizeof(dmi_why));
+        if (r > 0) {
+                log_info("cloud = auto: %s (%s)", cloud_kind_to_string(cloud), dmi_why);
+                *ret_cloud = cloud;
+                return 0;
+        }
+        if (r < 0)
+                (void) snprintf(dmi_why, sizeof(dmi_why), "cannot read the DMI data in '%s': %s", root,
+                                strerror(-r));
+        log_debug("cloud = auto: %s; probing the metadata services", dmi_why);
+
+        for (CloudKind k = CLOUD_AUTO + 1; k < _CLOUD_MAX; k++)
+                urls[k] = c->metadata_url ? c->metadata_url : provider_default_url(k);
+        r = detect_probe_start(&m->loop, m->http, urls, c->probe_timeout_usec, on_detect_done, &d, &probe);
+        if (r < 0)
+                return log_error_errno(r, "cloud = auto: could not tell the cloud: %s; cannot probe the "
+                                          "metadata services: %m", dmi_why);
+
+        /* Every probe is bounded by probe_timeout; SIGTERM ends the wait early (http is closed then,
+         * so done() is never called). SIGHUP is ignored meanwhile (m->detecting). */
+        m->detecting = true;
+        while (!d.done && !m->stopping)
+                (void) uv_run(&m->loop, UV_RUN_ONCE);
+        m->detecting = false;
+        if (!d.done)
+                return -ECANCELED;
+        if (d.cloud < 0)
+                return log_error_errno(ENXIO, "cloud = auto: could not tell the cloud: %s; %s (set [daemon] "
+                                              "cloud in '%s')", dmi_why, d.why, strna(c->path));
+
+        log_info("cloud = auto: %s (%s)", cloud_kind_to_string(d.cloud), d.why);
+        *ret_cloud = d.cloud;
+        return 0;
+}
+
+/*
+ * Which cloud and which address, from the config and --fake-metadata. cloud =
+ * auto is detected at start-up (@at_start) only; a reload keeps the cloud
+ * being watched.
+ */
+static int manager_pick_cloud(Manager *m, const Config *c, bool at_start, CloudKind *ret_cloud, char **ret_url) {
         CloudKind cloud = c->cloud;
         const char *url;
         char *u;
+        int r;
 
         if (m->fake) {
                 cloud = m->fake_cloud;
                 url = fake_server_url(m->fake);
         } else {
-                if (cloud == CLOUD_AUTO) {
-                        /* Full detection (DMI, then probes) is issue #3; until then only
-                         * AWS can be watched, so say so rather than guess. */
-                        _cleanup_free_ char *vendor = NULL;
-                        FILE *f = fopen("/sys/class/dmi/id/sys_vendor", "re");
-                        char buf[128] = "";
-                        if (f) {
-                                if (!fgets(buf, sizeof(buf), f))
-                                        buf[0] = 0;
-                                fclose(f);
-                        }
-                        buf[strcspn(buf, "\n")] = 0;
-                        if (strstr(buf, "Amazon"))
-                                cloud = CLOUD_AWS;
-                        else
-                                return log_error_errno(EOPNOTSUPP,
-                                                       "%s: [daemon] cloud = auto: could not tell the cloud "
-                                                       "from /sys/class/dmi/id/sys_vendor ('%s'); set cloud = "
-                                                       "aws, or use --fake-metadata",
-                                                       strna(c->path), buf);
-                        log_info("cloud = auto: sys_vendor is '%s', watching AWS", buf);
-                }
+                if (cloud == CLOUD_AUTO && at_start) {
+                        r = manager_detect_cloud(m, c, &cloud);
+                        if (r < 0)
+                                return r;
+                } else if (cloud == CLOUD_AUTO)
+                        cloud = m->cloud;
                 url = c->metadata_url ? c->metadata_url : provider_default_url(cloud);
         }
         u = strdup(url);
@@ -682,7 +739,7 @@ static int manager_reload(Manager *m) {
                 (void) sd_notify(false, "READY=1");
                 return r;
         }
-        r = manager_pick_cloud(m, c, &cloud, &url);
+        r = manager_pick_cloud(m, c, false, &cloud, &url);
         if (r < 0) {
                 log_error("Reload: keeping previous configuration");
                 (void) sd_notify(false, "READY=1");
@@ -779,6 +836,10 @@ static void manager_stop(Manager *m, int code) {
 static void on_signal(uv_signal_t *s, int signum) {
         Manager *m = s->data;
 
+        if (signum == SIGHUP && m->detecting) {
+                log_info("SIGHUP while detecting the cloud, ignoring");
+                return;
+        }
         if (signum == SIGHUP) {
                 log_info("SIGHUP: reloading configuration");
                 (void) manager_reload(m);
@@ -901,7 +962,13 @@ int manager_run(Manager *m) {
                          fake_server_url(m->fake));
         }
 
-        r = manager_pick_cloud(m, m->config, &m->cloud, &m->base_url);
+        r = manager_pick_cloud(m, m->config, true, &m->cloud, &m->base_url);
+        if (r == -ECANCELED && m->stopping) {
+                /* SIGTERM while the cloud = auto probes ran: a normal stop. */
+                (void) uv_run(&m->loop, UV_RUN_DEFAULT);
+                log_info("Stopped");
+                return m->exit_code;
+        }
         if (r < 0)
                 goto fail;
 
