@@ -168,7 +168,7 @@ static void on_plan_done(Plan *p, const PlanSummary *s, void *userdata) {
         notice_plan_finished(&m->notice, now_realtime_usec());
         provider_plan_finished(m->provider, &m->notice.plan_event);
         if (event_persisted(&m->notice.plan_event)) {
-                int r = state_record(m->config->state_dir, "done", m->notice.plan_event.id);
+                int r = state_record(m->config->state_dir, "done", m->notice.plan_event.id, true);
                 if (r < 0)
                         log_warning_errno(r, "Failed to record the end of the plan in '%s': %m, ignoring",
                                           m->config->state_dir);
@@ -237,7 +237,7 @@ static int manager_start_plan(Manager *m, const NoticeEvent *ev) {
 
         /* Durably before the first action, so a restart never runs it again. */
         if (event_persisted(ev)) {
-                r = state_record(m->config->state_dir, "start", ev->id);
+                r = state_record(m->config->state_dir, "start", ev->id, false);
                 if (r < 0)
                         log_warning_errno(r, "Failed to record the plan in '%s': %m; a restart during the "
                                              "plan could run it again, going on",
@@ -260,6 +260,9 @@ static int manager_start_plan(Manager *m, const NoticeEvent *ev) {
         if (r < 0)
                 return r;
         r = plan_start(m->plan);
+        /* The signals are out (plan_start sends them at once): now make the record durable. */
+        if (event_persisted(ev))
+                (void) state_sync(m->config->state_dir);
         if (r < 0) {
                 /* plan_start emitted what it could; end it now so the next notice is not blocked. */
                 PlanSummary s = { .n_signal_failed = (unsigned) m->config->n_processes };

@@ -34,7 +34,7 @@ static int mkdir_p(const char *dir, mode_t mode) {
         return 0;
 }
 
-int state_record(const char *dir, const char *what, const char *id) {
+int state_record(const char *dir, const char *what, const char *id, bool sync) {
         _cleanup_free_ char *path = NULL, *line = NULL;
         _cleanup_close_ int fd = -EBADF;
         int r, n;
@@ -54,6 +54,20 @@ int state_record(const char *dir, const char *what, const char *id) {
                 return -errno;
         if (write(fd, line, (size_t) n) != n)
                 return errno > 0 ? -errno : -EIO;
+        if (sync && fsync(fd) < 0)
+                return -errno;
+        return 0;
+}
+
+int state_sync(const char *dir) {
+        _cleanup_free_ char *path = NULL;
+        _cleanup_close_ int fd = -EBADF;
+
+        if (asprintf(&path, "%s/%s", dir, STATE_FILE) < 0)
+                return -ENOMEM;
+        fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+                return -errno;
         if (fsync(fd) < 0)
                 return -errno;
         return 0;

@@ -3,8 +3,10 @@
  * state.h - the plan record persisted in state_dir, so that a restarted
  * daemon never runs the plan of a notice it has already acted on. The file
  * state_dir/plans holds one line per event: "start ID" when a plan begins,
- * "done ID" when it ends, appended and fsync'ed before the plan's first
- * action. No logging; errors go to the caller.
+ * "done ID" when it ends, appended before the plan's first action (and made
+ * durable right after the signals went out: an fsync can take milliseconds on
+ * a busy disk, and only a machine crash, which ends the VM anyway, could lose
+ * an unsynced line). No logging; errors go to the caller.
  */
 #pragma once
 
@@ -22,5 +24,11 @@
  */
 int state_load(const char *dir, Notice *n, char (*ret_interrupted)[160], unsigned n_interrupted);
 
-/** state_record() - append "@what @id" (what: "start" or "done") durably; creates @dir 0700. */
-int state_record(const char *dir, const char *what, const char *id);
+/**
+ * state_record() - append "@what @id" (what: "start" or "done"); creates @dir
+ * 0700. The line is in the kernel when this returns, so a crash of the daemon
+ * cannot lose it; with @sync it is also on disk (fsync) before it returns.
+ */
+int state_record(const char *dir, const char *what, const char *id, bool sync);
+/** state_sync() - fsync the record: for a "start" written without @sync once the urgent work is done. */
+int state_sync(const char *dir);

@@ -36,10 +36,12 @@ static void test_roundtrip(void) {
         (void) snprintf(sub, sizeof(sub), "%s/a/b", dir);
         notice_init(&n, EVENT_MASK_DEFAULT);
         ASSERT_EQ(state_load(sub, &n, interrupted, 4), 0); /* nothing yet */
-        ASSERT_OK(state_record(sub, "start", "aws:spot:terminate:T1"));
-        ASSERT_OK(state_record(sub, "done", "aws:spot:terminate:T1"));
-        ASSERT_OK(state_record(sub, "start", "aws:spot:stop:T2"));
+        ASSERT_OK(state_record(sub, "start", "aws:spot:terminate:T1", true));
+        ASSERT_OK(state_record(sub, "done", "aws:spot:terminate:T1", true));
+        ASSERT_OK(state_record(sub, "start", "aws:spot:stop:T2", false));
 
+        ASSERT_OK(state_sync(sub));
+        ASSERT_ERR(state_sync("/proc/no/such"), ENOENT);
         notice_init(&n, EVENT_MASK_DEFAULT);
         ASSERT_EQ(state_load(sub, &n, interrupted, 4), 1);
         ASSERT_STREQ(interrupted[0], "aws:spot:stop:T2");
@@ -70,9 +72,9 @@ static void test_bad_ids(void) {
 
         memset(big, 'x', sizeof(big) - 1);
         big[sizeof(big) - 1] = 0;
-        ASSERT_ERR(state_record(dir, "start", "a\nb"), EINVAL);
-        ASSERT_ERR(state_record(dir, "start", big), EINVAL);
-        ASSERT_ERR(state_record("/proc/no/such", "start", "x"), ENOENT);
+        ASSERT_ERR(state_record(dir, "start", "a\nb", true), EINVAL);
+        ASSERT_ERR(state_record(dir, "start", big, true), EINVAL);
+        ASSERT_ERR(state_record("/proc/no/such", "start", "x", true), ENOENT);
 }
 
 int main(void) {
