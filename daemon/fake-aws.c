@@ -3,14 +3,17 @@
  * fake-aws.c - the fake AWS instance metadata service (IMDSv2 only): a
  * session token from PUT /latest/api/token is required on every GET, a PUT
  * that came through a proxy (X-Forwarded-For) is refused, and the spot
- * instance-action and rebalance recommendation are served as manager sets
- * them. HTTP plumbing is fake-server.c's; this file owns only AWS's rules.
+ * instance-action, the rebalance recommendation, a scheduled maintenance
+ * event and the Auto Scaling target lifecycle state (InService, or
+ * Terminated) are served as manager sets them. HTTP plumbing is
+ * fake-server.c's; this file owns only AWS's rules.
  */
 #include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include "fake-server-internal.h"
 
@@ -19,6 +22,8 @@
 #define FAKE_TOKEN_RANDOM_BYTES 36
 #define FAKE_NOTICE_LEAD_USEC (120 * USEC_PER_SEC) /* AWS's two-minute warning */
 #define FAKE_AWS_INSTANCE_ID "i-0fake0000000000001"
+#define FAKE_EVENT_ID_RANDOM_BYTES 9
+#define FAKE_MAINTENANCE_WINDOW_USEC (2 * 3600 * USEC_PER_SEC)
 
 #define AWS_TOKEN_PATH "/latest/api/token"
 #define AWS_TOKEN_TTL_HEADER "X-aws-ec2-metadata-token-ttl-seconds"
@@ -38,6 +43,10 @@ typedef struct FakeAws {
         uint64_t notice_usec;
         bool rebalance;
         uint64_t rebalance_usec;
+        bool maintenance;
+        uint64_t maintenance_usec;
+        char maintenance_id[40];
+        bool asg_terminated;
 } FakeAws;
 
 static bool token_random(char *buf, size_t size) {
@@ -149,12 +158,59 @@ static enum MHD_Result aws_rebalance(FakeServer *s, const FakeRequest *req) {
         return fake_reply_json(s, req, o);
 }
 
-static enum MHD_Result aws_scheduled_events(FakeServer *s, const FakeRequest *req) {
-        _cleanup_(json_unrefp) json_object *o = NULL;
+/* Scheduled events write their times as "21 Jan 2019 09:00:43 GMT". */
+static int format_event_time(uint64_t usec, char *buf, size_t size) {
+        time_t t = (time_t) (usec / USEC_PER_SEC);
+        struct tm tm;
 
-        /* No maintenance is ever scheduled on the fake: an empty list, as IMDS serves it. */
-        o = json_object_new_array();
-        return fake_reply_json(s, req, o);
+        if (!gmtime_r(&t, &tm))
+                return -EINVAL;
+        if (strftime(buf, size, "%d %b %Y %H:%M:%S GMT", &tm) == 0)
+                return -ENOBUFS;
+        return 0;
+}
+
+static int add_string(json_object *o, const char *key, const char *value) {
+        json_object *v = json_object_new_string(value);
+
+        if (!v)
+                return -ENOMEM;
+        if (json_object_object_add(o, key, v) < 0) {
+                (void) json_object_put(v);
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+static enum MHD_Result aws_scheduled_events(FakeServer *s, const FakeRequest *req) {
+        FakeAws *a = s->state;
+        _cleanup_(json_unrefp) json_object *list = NULL;
+        json_object *e;
+        char not_before[48], not_after[48];
+
+        /* Without maintenance: an empty list, as IMDS serves it. */
+        list = json_object_new_array();
+        if (!list)
+                return MHD_NO;
+        if (!a->maintenance)
+                return fake_reply_json(s, req, list);
+
+        if (format_event_time(a->maintenance_usec, not_before, sizeof(not_before)) < 0 ||
+            format_event_time(a->maintenance_usec + FAKE_MAINTENANCE_WINDOW_USEC, not_after, sizeof(not_after)) < 0)
+                return fake_reply_error(s, req, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+        e = json_object_new_object();
+        if (!e)
+                return MHD_NO;
+        if (json_object_array_add(list, e) < 0) {
+                (void) json_object_put(e);
+                return MHD_NO;
+        }
+        if (add_string(e, "NotBefore", not_before) < 0 || add_string(e, "Code", "instance-retirement") < 0 ||
+            add_string(e, "Description", "The instance is running on degraded hardware") < 0 ||
+            add_string(e, "EventId", a->maintenance_id) < 0 || add_string(e, "NotAfter", not_after) < 0 ||
+            add_string(e, "State", "active") < 0)
+                return MHD_NO;
+        return fake_reply_json(s, req, list);
 }
 
 static enum MHD_Result aws_handle(FakeServer *s, const FakeRequest *req) {
@@ -177,7 +233,8 @@ static enum MHD_Result aws_handle(FakeServer *s, const FakeRequest *req) {
                 return fake_reply_error(s, req, MHD_HTTP_UNAUTHORIZED, NULL);
 
         if (streq(url, "/latest/meta-data/") || streq(url, "/latest/meta-data"))
-                return fake_reply_text(s, req, a->notice ? "events/\ninstance-id\nspot/" : "events/\ninstance-id");
+                return fake_reply_text(s, req, a->notice ? "autoscaling/\nevents/\ninstance-id\nspot/"
+                                                         : "autoscaling/\nevents/\ninstance-id");
         if (streq(url, "/latest/meta-data/instance-id"))
                 return fake_reply_text(s, req, FAKE_AWS_INSTANCE_ID);
         if (streq(url, "/latest/meta-data/spot/instance-action"))
@@ -186,6 +243,8 @@ static enum MHD_Result aws_handle(FakeServer *s, const FakeRequest *req) {
                 return aws_rebalance(s, req);
         if (streq(url, "/latest/meta-data/events/maintenance/scheduled"))
                 return aws_scheduled_events(s, req);
+        if (streq(url, "/latest/meta-data/autoscaling/target-lifecycle-state"))
+                return fake_reply_text(s, req, a->asg_terminated ? "Terminated" : "InService");
         return fake_reply_error(s, req, MHD_HTTP_NOT_FOUND, NULL);
 }
 
@@ -198,6 +257,28 @@ static int aws_set_notice(FakeServer *s, const char *event, uint64_t time_usec) 
         if (streq(event, "rebalance")) {
                 a->rebalance_usec = time_usec > 0 ? time_usec : fake_now_realtime_usec();
                 a->rebalance = true;
+                return 0;
+        }
+        if (streq(event, "maintenance")) {
+                static const char hex[] = "0123456789abcdef";
+                uint8_t raw[FAKE_EVENT_ID_RANDOM_BYTES];
+                char digits[FAKE_EVENT_ID_RANDOM_BYTES * 2 + 1];
+
+                /* A fresh event each time, as AWS schedules a new one: "instance-event-" and 17 hex digits. */
+                if (getrandom(raw, sizeof(raw), GRND_NONBLOCK) != (ssize_t) sizeof(raw))
+                        return -EIO;
+                for (size_t i = 0; i < sizeof(raw); i++) {
+                        digits[2 * i] = hex[raw[i] >> 4];
+                        digits[2 * i + 1] = hex[raw[i] & 15];
+                }
+                digits[17] = 0;
+                (void) snprintf(a->maintenance_id, sizeof(a->maintenance_id), "instance-event-%s", digits);
+                a->maintenance_usec = time_usec > 0 ? time_usec : fake_now_realtime_usec() + FAKE_NOTICE_LEAD_USEC;
+                a->maintenance = true;
+                return 0;
+        }
+        if (streq(event, "asg-terminated")) {
+                a->asg_terminated = true;
                 return 0;
         }
         for (size_t i = 0; i < ELEMENTSOF(actions); i++)
@@ -215,6 +296,8 @@ static void aws_clear_notice(FakeServer *s) {
 
         a->notice = false;
         a->rebalance = false;
+        a->maintenance = false;
+        a->asg_terminated = false;
 }
 
 static const char *aws_instance_id(FakeServer *s) {
@@ -224,7 +307,7 @@ static const char *aws_instance_id(FakeServer *s) {
 const FakeCloud fake_cloud_aws = {
         .cloud = CLOUD_AWS,
         .server_header = "EC2ws",
-        .events = "terminate, stop, hibernate, rebalance",
+        .events = "terminate, stop, hibernate, rebalance, maintenance, asg-terminated",
         .state_size = sizeof(FakeAws),
         .handle = aws_handle,
         .set_notice = aws_set_notice,

@@ -59,6 +59,7 @@ struct FakeServer {
 };
 
 extern const FakeCloud fake_cloud_aws;
+extern const FakeCloud fake_cloud_alibaba;
 
 uint64_t fake_now_monotonic_usec(void);
 uint64_t fake_now_realtime_usec(void);

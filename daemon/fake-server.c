@@ -35,6 +35,7 @@ typedef struct FakeConn {
 
 static const FakeCloud *const fake_clouds[] = {
         &fake_cloud_aws,
+        &fake_cloud_alibaba,
 };
 
 uint64_t fake_now_monotonic_usec(void) {

@@ -22,6 +22,12 @@ Served paths:
     GET /latest/meta-data/spot/instance-action 404, or {"action": A, "time": T} while .notice = (A, T)
     GET /latest/meta-data/events/recommendations/rebalance
                                                404, or {"noticeTime": T} while .rebalance = T
+    GET /latest/meta-data/events/maintenance/scheduled
+                                               the JSON array .maintenance (default []); build its
+                                               elements with maintenance_event()
+    GET /latest/meta-data/autoscaling/target-lifecycle-state
+                                               404 while .asg_state is None (not in an Auto Scaling
+                                               group), else that text ("InService", "Terminated")
 GETs need a valid, unexpired token (else 401) unless token_mode is "optional"
 (IMDSv1 allowed) or "unsupported" (the PUT answers 403, as with IMDSv2 off).
 
@@ -54,6 +60,8 @@ TOKEN_PATH = "/latest/api/token"
 INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
 ACTION_PATH = "/latest/meta-data/spot/instance-action"
 REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
+MAINTENANCE_PATH = "/latest/meta-data/events/maintenance/scheduled"
+ASG_PATH = "/latest/meta-data/autoscaling/target-lifecycle-state"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 FAULTS = (None, "500", "503", "429", "garbage", "huge", "hang", "reset", "401-once", "bad-json-types")
@@ -64,6 +72,36 @@ def rfc3339(seconds_from_now=0.0):
     """UTC time seconds_from_now from now, as AWS writes it ("2026-11-27T13:20:00Z")."""
     t = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds_from_now)
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def event_time(seconds_from_now=0.0):
+    """UTC time as scheduled events write it ("21 Jan 2019 09:00:43 GMT"); English month names whatever
+    the locale."""
+    t = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds_from_now)
+    months = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+    return f"{t.day:02d} {months[t.month - 1]} {t.year:04d} {t.hour:02d}:{t.minute:02d}:{t.second:02d} GMT"
+
+
+def maintenance_event(code="instance-retirement", state="active", not_before=None, event_id=None,
+                      description="The instance is running on degraded hardware"):
+    """One element of events/maintenance/scheduled, as IMDS writes it. not_before defaults to an hour from
+    now, event_id to a fresh "instance-event-<17 hex digits>"."""
+    if not_before is None:
+        not_before = event_time(3600)
+    if event_id is None:
+        event_id = "instance-event-" + secrets.token_hex(9)[:17]
+    nb = datetime.datetime.strptime(not_before, "%d %b %Y %H:%M:%S GMT")
+    not_after = nb + datetime.timedelta(hours=2)
+    months = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+    return {
+        "NotBefore": not_before,
+        "Code": code,
+        "Description": description,
+        "EventId": event_id,
+        "NotAfter": f"{not_after.day:02d} {months[not_after.month - 1]} {not_after.year:04d} "
+                    f"{not_after.hour:02d}:{not_after.minute:02d}:{not_after.second:02d} GMT",
+        "State": state,
+    }
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -201,8 +239,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if t is None:
                 return self._send(404, "Not Found")
             return self._send(200, json.dumps({"noticeTime": t}))
+        if self.path == MAINTENANCE_PATH:
+            return self._send(200, json.dumps(list(fake.maintenance)))
+        if self.path == ASG_PATH:
+            state = fake.asg_state
+            if state is None:
+                return self._send(404, "Not Found")
+            return self._send(200, state)
         if self.path in ("/latest/meta-data", "/latest/meta-data/"):
-            return self._send(200, "instance-id\nspot/\nevents/\n")
+            return self._send(200, "instance-id\nspot/\nevents/\n" + ("autoscaling/\n" if fake.asg_state else ""))
         return self._send(404, "Not Found")
 
     def _instance_action(self, fake):
@@ -278,6 +323,8 @@ class FakeImds:
         self.unsupported_status = 403     # what the PUT answers when token_mode == "unsupported"
         self.notice = None                # (action, RFC 3339 time) or None
         self.rebalance = None             # RFC 3339 time or None
+        self.maintenance = []             # scheduled events: dicts from maintenance_event()
+        self.asg_state = None             # target lifecycle state text, or None: 404 (no Auto Scaling group)
         self.fault = None                 # one of FAULTS
         self.hang_seconds = 30.0
         self.verbose = verbose
@@ -346,6 +393,9 @@ def main():
     ap.add_argument("--in", dest="in_seconds", type=float, default=120.0,
                     help="the notice's time, seconds from now (default 120)")
     ap.add_argument("--rebalance", action="store_true", help="serve a rebalance recommendation")
+    ap.add_argument("--maintenance", metavar="CODE",
+                    help="serve an active scheduled event with this code (e.g. instance-retirement), due in --in")
+    ap.add_argument("--asg-state", metavar="STATE", help="serve this target lifecycle state (e.g. Terminated)")
     ap.add_argument("--fault", choices=[f for f in FAULTS if f], help="inject a fault into instance-action")
     ap.add_argument("--quiet", action="store_true", help="do not log requests")
     args = ap.parse_args()
@@ -356,6 +406,9 @@ def main():
         fake.notice = (args.notice, rfc3339(args.in_seconds))
     if args.rebalance:
         fake.rebalance = rfc3339()
+    if args.maintenance:
+        fake.maintenance = [maintenance_event(args.maintenance, not_before=event_time(args.in_seconds))]
+    fake.asg_state = args.asg_state
     fake.fault = args.fault
     fake.start()
     print(f"fake_imds: serving on {fake.url}", flush=True)

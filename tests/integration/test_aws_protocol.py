@@ -2,9 +2,11 @@
 # SPDX-License-Identifier: MIT
 """The AWS IMDSv2 conversation, seen from an independent fake metadata
 service (fake_imds.py): a token on every GET, exactly one token PUT per TTL,
-one PUT and one retry after a 401, one keep-alive connection for all polls,
-one plan for a notice served on 20 polls, rebalance reported without a plan,
-the instance id fetched once.
+one PUT and one retry after a 401, one keep-alive connection for all polls
+(each cycle now GETs spot/instance-action, the rebalance recommendation and
+the scheduled maintenance events, in that order; the Auto Scaling state only
+with aws_asg = yes, which is off here), one plan for a notice served on 20
+polls, rebalance reported without a plan, the instance id fetched once.
 
 One daemon runs through the phases in order (about 15 s); each phase reads
 the fake's request log.
@@ -25,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
 from harness import Daemon, check, count_plans, spawn_sleeper, usr1_count, wait_until  # noqa: E402
-from fake_imds import ACTION_PATH, INSTANCE_ID_PATH, REBALANCE_PATH, TOKEN_PATH, FakeImds, rfc3339  # noqa: E402
+from fake_imds import (ACTION_PATH, ASG_PATH, INSTANCE_ID_PATH, MAINTENANCE_PATH, REBALANCE_PATH,  # noqa: E402
+                       TOKEN_PATH, FakeImds, rfc3339)
 
 NAME = "test_aws_protocol"
 TTL = 3
@@ -85,6 +88,11 @@ def phase_token_ttl(fake, d):
     polls = [e for e in gets if e["path"] == ACTION_PATH]
     check(len(polls) >= 25, f"spot/instance-action polled about every 200 ms ({len(polls)} in 7 s)")
     check(len([e for e in gets if e["path"] == REBALANCE_PATH]) >= 25, "the rebalance recommendation is polled too")
+    check(len([e for e in gets if e["path"] == MAINTENANCE_PATH]) >= 25, "the scheduled events are polled too")
+    cycle = [e["path"] for e in gets if e["path"] in (ACTION_PATH, REBALANCE_PATH, MAINTENANCE_PATH)]
+    start = cycle.index(ACTION_PATH)
+    check(cycle[start:start + 6] == [ACTION_PATH, REBALANCE_PATH, MAINTENANCE_PATH] * 2,
+          "each cycle GETs instance-action, rebalance, scheduled events, one after the other")
     ports = {e["client_port"] for e in fake.requests()}
     check(len(polls) >= 10 and len(ports) == 1,
           f"one TCP connection serves {len(polls)} polls and their token PUTs (ports {sorted(ports)})")
@@ -150,6 +158,7 @@ def phase_whole_run(fake):
     gets = [e for e in log if e["method"] == "GET"]
     check(all(e["token"] for e in gets), f"a token on every one of {len(gets)} GETs")
     check(len([e for e in log if e["path"] == INSTANCE_ID_PATH]) == 1, "the instance id was fetched exactly once")
+    check(not [e for e in log if e["path"] == ASG_PATH], "aws_asg = no: the Auto Scaling state is never asked for")
     ports = {e["client_port"] for e in log}
     check(len(ports) == 1, f"one TCP connection for all {len(log)} requests")
 

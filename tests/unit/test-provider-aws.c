@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * test-provider-aws.c - tables of spot/instance-action, rebalance and token
- * TTL inputs through the AWS provider's pure parsers, the token refresh and
- * backoff arithmetic, and provider_new()'s argument handling. No network.
+ * test-provider-aws.c - tables of spot/instance-action, rebalance, scheduled
+ * maintenance (and its "21 Jan 2019 09:00:43 GMT" times), Auto Scaling
+ * lifecycle state and token TTL inputs through the AWS provider's pure
+ * parsers, the token refresh and backoff arithmetic, and provider_new()'s
+ * argument handling. No network.
  */
 #include <errno.h>
 #include <string.h>
@@ -275,6 +277,310 @@ static void test_rebalance(void) {
         }
 }
 
+#define T_EVENT UINT64_C(1548061243) /* 21 Jan 2019 09:00:43 GMT */
+
+static void test_event_time(void) {
+        static const struct {
+                const char *s;
+                uint64_t sec; /* 0: invalid */
+        } cases[] = {
+                { "21 Jan 2019 09:00:43 GMT", T_EVENT },
+                { "27 Nov 2026 13:20:00 GMT", T_1320 },
+                { "01 Feb 2019 00:00:00 GMT", UINT64_C(1548979200) },
+                { "1 Feb 2019 00:00:00 GMT", UINT64_C(1548979200) },
+                { "29 Feb 2024 23:59:59 GMT", UINT64_C(1709251199) },
+                { "31 Dec 2099 12:00:00 GMT", UINT64_C(4102401600) },
+                { "", 0 },
+                { "21 Jan 2019 09:00:43", 0 },
+                { "21 Jan 2019 09:00:43 UTC", 0 },
+                { "21 Jan 2019 09:00:43 GMT ", 0 },
+                { "21 Jan 2019 09:00:43 GMTx", 0 },
+                { " 21 Jan 2019 09:00:43 GMT", 0 },
+                { "Mon, 21 Jan 2019 09:00:43 GMT", 0 },
+                { "21 jan 2019 09:00:43 GMT", 0 },
+                { "21 January 2019 09:00:43 GMT", 0 },
+                { "21 Jan 19 09:00:43 GMT", 0 },
+                { "21-Jan-2019 09:00:43 GMT", 0 },
+                { "2019-01-21T09:00:43Z", 0 },
+                { "21  Jan 2019 09:00:43 GMT", 0 },
+                { "121 Jan 2019 09:00:43 GMT", 0 },
+                { "00 Jan 2019 09:00:43 GMT", 0 },
+                { "32 Jan 2019 09:00:43 GMT", 0 },
+                { "29 Feb 2019 09:00:43 GMT", 0 },
+                { "31 Apr 2019 09:00:43 GMT", 0 },
+                { "21 Jan 2019 24:00:00 GMT", 0 },
+                { "21 Jan 2019 09:60:00 GMT", 0 },
+                { "21 Jan 2019 09:00:60 GMT", 0 },
+                { "21 Jan 2019 9:00:43 GMT", 0 },
+                { "21 Jan 1969 09:00:43 GMT", 0 },
+                { "21 Jan 2019 09:00:4 GMT", 0 },
+                { "21 Jan 2019 09:00 GMT", 0 },
+                { "21 Jan +019 09:00:43 GMT", 0 },
+        };
+        uint64_t usec;
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                fprintf(stderr, "  '%s'\n", cases[i].s);
+                usec = 4242;
+                if (cases[i].sec > 0) {
+                        ASSERT_OK(aws_parse_event_time(cases[i].s, &usec));
+                        ASSERT_U64_EQ(usec, cases[i].sec * USEC_PER_SEC);
+                } else {
+                        ASSERT_ERR(aws_parse_event_time(cases[i].s, &usec), EINVAL);
+                        ASSERT_U64_EQ(usec, 4242);
+                }
+        }
+        ASSERT_ERR(aws_parse_event_time(NULL, &usec), EINVAL);
+}
+
+/* One scheduled event, as IMDS writes it. */
+#define EV(code, id, state, nb)                                                                        \
+        "{\"NotBefore\": \"" nb "\", \"Code\": \"" code "\", \"Description\": \"The instance is running " \
+        "on degraded hardware\", \"EventId\": \"" id "\", \"NotAfter\": \"21 Jan 2019 09:17:23 GMT\", "   \
+        "\"State\": \"" state "\"}"
+
+typedef struct MaintenanceCase {
+        const char *name;
+        const char *body;
+        size_t size;
+        size_t n;             /* events expected */
+        const char *ids[3];   /* their ids, in order */
+        const char *codes[3];
+} MaintenanceCase;
+
+static const MaintenanceCase good_maintenance[] = {
+        { "none", BODY("[]"), 0, {}, {} },
+        { "none, spaced", BODY(" [ ]\n"), 0, {}, {} },
+        { "empty body", BODY(""), 0, {}, {} },
+        { "blank body", BODY("\n"), 0, {}, {} },
+        { "one active", BODY("[" EV("instance-retirement", "instance-event-1d59937288b749b32", "active",
+                                    "21 Jan 2019 09:00:43 GMT") "]"),
+          1, { "aws:maintenance:instance-event-1d59937288b749b32" }, { "instance-retirement" } },
+        { "canceled", BODY("[" EV("instance-reboot", "instance-event-0a", "canceled", "21 Jan 2019 09:00:43 GMT") "]"),
+          0, {}, {} },
+        { "completed", BODY("[" EV("system-reboot", "instance-event-0b", "completed", "21 Jan 2019 09:00:43 GMT")
+                            "]"),
+          0, {}, {} },
+        { "unknown state", BODY("[" EV("system-reboot", "instance-event-0c", "paused", "21 Jan 2019 09:00:43 GMT")
+                                "]"),
+          0, {}, {} },
+        { "state is case-sensitive", BODY("[" EV("system-reboot", "instance-event-0d", "Active",
+                                                 "21 Jan 2019 09:00:43 GMT") "]"),
+          0, {}, {} },
+        /* A canceled event may carry a NotBefore that no longer means anything, or none. */
+        { "canceled without NotBefore", BODY("[{\"Code\": \"instance-stop\", \"EventId\": \"e1\", "
+                                             "\"State\": \"canceled\"}]"),
+          0, {}, {} },
+        { "canceled with an odd NotBefore", BODY("[{\"Code\": \"instance-stop\", \"EventId\": \"e1\", "
+                                                 "\"State\": \"completed\", \"NotBefore\": \"soon\"}]"),
+          0, {}, {} },
+        { "mixed", BODY("[" EV("instance-stop", "e-1", "completed", "01 Jan 2019 00:00:00 GMT") ", "
+                        EV("system-maintenance", "e-2", "active", "21 Jan 2019 09:00:43 GMT") ", "
+                        EV("instance-reboot", "e-3", "canceled", "21 Jan 2019 09:00:43 GMT") ", "
+                        EV("instance-stop", "e-4", "active", "27 Nov 2026 13:20:00 GMT") "]"),
+          2, { "aws:maintenance:e-2", "aws:maintenance:e-4" }, { "system-maintenance", "instance-stop" } },
+        /* Codes AWS may add later still count; only the members we use need to be there. */
+        { "new code, minimal members", BODY("[{\"Code\": \"system-upgrade\", \"EventId\": \"e-9\", "
+                                            "\"State\": \"active\", \"NotBefore\": \"21 Jan 2019 09:00:43 GMT\"}]"),
+          1, { "aws:maintenance:e-9" }, { "system-upgrade" } },
+        { "extra members", BODY("[{\"Code\": \"instance-reboot\", \"EventId\": \"e-8\", \"State\": \"active\", "
+                                "\"NotBefore\": \"21 Jan 2019 09:00:43 GMT\", \"NotBeforeDeadline\": \"x\", "
+                                "\"Extra\": [1, {\"y\": null}]}]"),
+          1, { "aws:maintenance:e-8" }, { "instance-reboot" } },
+};
+
+static void test_maintenance_good(void) {
+        for (size_t i = 0; i < ELEMENTSOF(good_maintenance); i++) {
+                const MaintenanceCase *c = &good_maintenance[i];
+                NoticeEvent ev[4];
+                size_t n = 4242;
+
+                fprintf(stderr, "  good: %s\n", c->name);
+                memset(ev, 0xA5, sizeof(ev));
+                ASSERT_OK(aws_parse_maintenance(c->body, c->size, ev, ELEMENTSOF(ev), &n));
+                ASSERT_EQ(n, c->n);
+                for (size_t k = 0; k < n; k++) {
+                        ASSERT_EQ(ev[k].kind, EVENT_MAINTENANCE);
+                        ASSERT_EQ(ev[k].cloud, CLOUD_AWS);
+                        ASSERT_U64_EQ(ev[k].notice_usec, 0);
+                        ASSERT_STREQ(ev[k].id, c->ids[k]);
+                        ASSERT_STREQ(ev[k].detail, c->codes[k]);
+                }
+                for (size_t k = n; k < ELEMENTSOF(ev); k++)
+                        assert_untouched(&ev[k]);
+        }
+
+        /* The deadline is NotBefore. */
+        NoticeEvent e;
+        size_t n;
+        ASSERT_OK(aws_parse_maintenance(BODY_ARGS("[" EV("instance-retirement", "x", "active",
+                                                         "21 Jan 2019 09:00:43 GMT") "]"), &e, 1, &n));
+        ASSERT_EQ(n, 1);
+        ASSERT_U64_EQ(e.deadline_usec, T_EVENT * USEC_PER_SEC);
+}
+
+static const BadCase bad_maintenance[] = {
+        { "garbage", BODY("<html>Service Unavailable</html>") },
+        { "null", BODY("null") },
+        { "object", BODY("{\"Code\": \"instance-stop\", \"EventId\": \"e\", \"State\": \"active\", "
+                         "\"NotBefore\": \"21 Jan 2019 09:00:43 GMT\"}") },
+        { "string", BODY("\"[]\"") },
+        { "number element", BODY("[5]") },
+        { "null element", BODY("[null]") },
+        { "array element", BODY("[[]]") },
+        { "good then bad element",
+          BODY("[" EV("instance-stop", "e", "active", "21 Jan 2019 09:00:43 GMT") ", 1]") },
+        { "missing Code", BODY("[{\"EventId\": \"e\", \"State\": \"active\", "
+                               "\"NotBefore\": \"21 Jan 2019 09:00:43 GMT\"}]") },
+        { "missing EventId", BODY("[{\"Code\": \"instance-stop\", \"State\": \"active\", "
+                                  "\"NotBefore\": \"21 Jan 2019 09:00:43 GMT\"}]") },
+        { "missing State", BODY("[{\"Code\": \"instance-stop\", \"EventId\": \"e\", "
+                                "\"NotBefore\": \"21 Jan 2019 09:00:43 GMT\"}]") },
+        { "active without NotBefore",
+          BODY("[{\"Code\": \"instance-stop\", \"EventId\": \"e\", \"State\": \"active\"}]") },
+        { "Code number", BODY("[{\"Code\": 5, \"EventId\": \"e\", \"State\": \"active\", "
+                              "\"NotBefore\": \"21 Jan 2019 09:00:43 GMT\"}]") },
+        { "EventId number", BODY("[{\"Code\": \"instance-stop\", \"EventId\": 17, \"State\": \"active\", "
+                                 "\"NotBefore\": \"21 Jan 2019 09:00:43 GMT\"}]") },
+        { "State bool", BODY("[{\"Code\": \"instance-stop\", \"EventId\": \"e\", \"State\": true, "
+                             "\"NotBefore\": \"21 Jan 2019 09:00:43 GMT\"}]") },
+        { "State null", BODY("[{\"Code\": \"instance-stop\", \"EventId\": \"e\", \"State\": null, "
+                             "\"NotBefore\": \"21 Jan 2019 09:00:43 GMT\"}]") },
+        { "NotBefore number", BODY("[{\"Code\": \"instance-stop\", \"EventId\": \"e\", \"State\": \"active\", "
+                                   "\"NotBefore\": 1548061243}]") },
+        { "NotBefore null on a canceled event", BODY("[{\"Code\": \"instance-stop\", \"EventId\": \"e\", "
+                                                     "\"State\": \"canceled\", \"NotBefore\": null}]") },
+        { "NotBefore RFC 3339", BODY("[" EV("instance-stop", "e", "active", "2019-01-21T09:00:43Z") "]") },
+        { "NotBefore words", BODY("[" EV("instance-stop", "e", "active", "next Tuesday") "]") },
+        { "NotBefore Feb 30", BODY("[" EV("instance-stop", "e", "active", "30 Feb 2019 09:00:43 GMT") "]") },
+        { "NotAfter array", BODY("[{\"Code\": \"instance-stop\", \"EventId\": \"e\", \"State\": \"active\", "
+                                 "\"NotBefore\": \"21 Jan 2019 09:00:43 GMT\", \"NotAfter\": []}]") },
+        { "Description object", BODY("[{\"Code\": \"instance-stop\", \"EventId\": \"e\", \"State\": \"active\", "
+                                     "\"NotBefore\": \"21 Jan 2019 09:00:43 GMT\", \"Description\": {}}]") },
+        { "EventId empty", BODY("[" EV("instance-stop", "", "active", "21 Jan 2019 09:00:43 GMT") "]") },
+        { "EventId with a space", BODY("[" EV("instance-stop", "e 1", "active", "21 Jan 2019 09:00:43 GMT") "]") },
+        { "EventId too long", BODY("[" EV("instance-stop", "instance-event-0123456789012345678901234567890123456789"
+                                          "0123456789", "active", "21 Jan 2019 09:00:43 GMT") "]") },
+        { "Code empty", BODY("[" EV("", "e", "active", "21 Jan 2019 09:00:43 GMT") "]") },
+        { "Code with a newline", BODY("[" EV("instance\\nstop", "e", "active", "21 Jan 2019 09:00:43 GMT") "]") },
+        { "escaped NUL in EventId",
+          BODY("[" EV("instance-stop", "e\\u0000x", "active", "21 Jan 2019 09:00:43 GMT") "]") },
+        { "NUL in body", BODY("[]\0") },
+        { "truncated", BODY("[" EV("instance-stop", "e", "active", "21 Jan 2019 09:00:43 GMT")) },
+        { "trailing data", BODY("[] []") },
+        { "trailing comma", BODY("[" EV("instance-stop", "e", "active", "21 Jan 2019 09:00:43 GMT") ",]") },
+        { "too deep", BODY("[[[[[[[[[[[[1]]]]]]]]]]]]") },
+        { "bad UTF-8", BODY("[" EV("instance-stop\xff", "e", "active", "21 Jan 2019 09:00:43 GMT") "]") },
+};
+
+static void test_maintenance_bad(void) {
+        for (size_t i = 0; i < ELEMENTSOF(bad_maintenance); i++) {
+                const BadCase *c = &bad_maintenance[i];
+                NoticeEvent ev[2];
+                size_t n = 4242;
+
+                fprintf(stderr, "  bad: %s\n", c->name);
+                memset(ev, 0xA5, sizeof(ev));
+                ASSERT_ERR(aws_parse_maintenance(c->body, c->size, ev, ELEMENTSOF(ev), &n), EBADMSG);
+                ASSERT_EQ(n, 4242);
+                assert_untouched(&ev[0]);
+                assert_untouched(&ev[1]);
+        }
+}
+
+/* More active events than room: the first ones are kept, the rest dropped, nothing overflows. */
+static void test_maintenance_many(void) {
+        char body[8192];
+        NoticeEvent ev[4];
+        size_t n = 0, len = 0;
+
+        len += (size_t) snprintf(body + len, sizeof(body) - len, "[");
+        for (int i = 0; i < 10; i++)
+                len += (size_t) snprintf(body + len, sizeof(body) - len,
+                                         "%s{\"Code\": \"instance-stop\", \"EventId\": \"e-%d\", \"State\": \"%s\", "
+                                         "\"NotBefore\": \"21 Jan 2019 09:00:%02d GMT\"}",
+                                         i ? ", " : "", i, i % 3 == 1 ? "canceled" : "active", i);
+        len += (size_t) snprintf(body + len, sizeof(body) - len, "]");
+        ASSERT_TRUE(len < sizeof(body) - 1);
+
+        memset(ev, 0xA5, sizeof(ev));
+        ASSERT_OK(aws_parse_maintenance(body, len, ev, 3, &n));
+        ASSERT_EQ(n, 3);
+        ASSERT_STREQ(ev[0].id, "aws:maintenance:e-0");
+        ASSERT_STREQ(ev[1].id, "aws:maintenance:e-2");
+        ASSERT_STREQ(ev[2].id, "aws:maintenance:e-3");
+        ASSERT_U64_EQ(ev[2].deadline_usec, (T_EVENT - 43 + 3) * USEC_PER_SEC);
+        assert_untouched(&ev[3]);
+
+        ASSERT_OK(aws_parse_maintenance(body, len, ev, 0, &n));
+        ASSERT_EQ(n, 0);
+}
+
+static void test_lifecycle_state(void) {
+        static const struct {
+                const char *name;
+                const char *body;
+                size_t size;
+                int terminated; /* -1: bad */
+        } cases[] = {
+                { "InService", BODY("InService"), 0 },
+                { "Terminated", BODY("Terminated"), 1 },
+                { "Terminated, newline", BODY("Terminated\n"), 1 },
+                { "Terminated, CRLF", BODY("Terminated\r\n"), 1 },
+                { "Warmed:Terminated", BODY("Warmed:Terminated"), 1 },
+                { "Warmed:Stopped", BODY("Warmed:Stopped"), 0 },
+                { "Warmed:Running", BODY("Warmed:Running"), 0 },
+                { "Warmed:Hibernated", BODY("Warmed:Hibernated"), 0 },
+                { "Detached", BODY("Detached"), 0 },
+                { "a state AWS adds", BODY("Quarantined"), 0 },
+                { "case matters", BODY("terminated"), 0 },
+                { "prefix", BODY("Terminate"), 0 },
+                { "empty", BODY(""), -1 },
+                { "blank", BODY("\n"), -1 },
+                { "leading space", BODY(" Terminated"), -1 },
+                { "two words", BODY("Terminated InService"), -1 },
+                { "two lines", BODY("Terminated\nInService"), -1 },
+                { "json", BODY("\"Terminated\""), -1 },
+                { "html", BODY("<html>404</html>"), -1 },
+                { "NUL", BODY("Terminated\0"), -1 },
+                { "NUL inside", BODY("Term\0inated"), -1 },
+                { "digits", BODY("State1"), -1 },
+                { "high byte", BODY("Terminated\xff"), -1 },
+                { "too long", BODY("Terminatedxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"), -1 },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                bool t = true;
+
+                fprintf(stderr, "  %s\n", cases[i].name);
+                if (cases[i].terminated < 0) {
+                        ASSERT_ERR(aws_parse_lifecycle_state(cases[i].body, cases[i].size, &t), EBADMSG);
+                        ASSERT_TRUE(t);
+                } else {
+                        t = !cases[i].terminated;
+                        ASSERT_OK(aws_parse_lifecycle_state(cases[i].body, cases[i].size, &t));
+                        ASSERT_EQ(t, cases[i].terminated);
+                }
+        }
+        bool t;
+        ASSERT_ERR(aws_parse_lifecycle_state(NULL, 0, &t), EBADMSG);
+}
+
+static void test_asg_event(void) {
+        NoticeEvent ev;
+
+        memset(&ev, 0xA5, sizeof(ev));
+        aws_asg_event(NULL, T_1320 * USEC_PER_SEC + 999999, &ev);
+        ASSERT_EQ(ev.kind, EVENT_TERMINATE);
+        ASSERT_EQ(ev.cloud, CLOUD_AWS);
+        ASSERT_U64_EQ(ev.deadline_usec, 0);
+        ASSERT_U64_EQ(ev.notice_usec, 0);
+        ASSERT_STREQ(ev.id, "aws:asg:terminated:2026-11-27T13:20:00Z");
+        ASSERT_STREQ(ev.detail, "Terminated");
+        aws_asg_event("i-0abc", T_1320 * USEC_PER_SEC, &ev);
+        ASSERT_STREQ(ev.id, "aws:asg:terminated:i-0abc");
+}
+
 static void test_token_ttl(void) {
         static const struct {
                 const char *value;
@@ -359,9 +665,6 @@ static void test_provider_new(void) {
         ASSERT_EQ(uv_loop_init(&loop), 0);
         ASSERT_OK(http_new(&loop, &h));
 
-        ASSERT_ERR(provider_new(CLOUD_GCP, &loop, h, c, NULL, NULL, NULL, &p), EOPNOTSUPP);
-        ASSERT_ERR(provider_new(CLOUD_AZURE, &loop, h, c, NULL, NULL, NULL, &p), EOPNOTSUPP);
-        ASSERT_ERR(provider_new(CLOUD_ALIBABA, &loop, h, c, NULL, NULL, NULL, &p), EOPNOTSUPP);
         ASSERT_ERR(provider_new(CLOUD_AUTO, &loop, h, c, NULL, NULL, NULL, &p), EINVAL);
         ASSERT_ERR(provider_new(_CLOUD_MAX, &loop, h, c, NULL, NULL, NULL, &p), EINVAL);
         ASSERT_ERR(provider_new(CLOUD_AWS, &loop, h, c, "///", NULL, NULL, &p), EINVAL);
@@ -399,6 +702,12 @@ int main(void) {
         RUN(test_instance_action_bad);
         RUN(test_instance_action_generated);
         RUN(test_rebalance);
+        RUN(test_event_time);
+        RUN(test_maintenance_good);
+        RUN(test_maintenance_bad);
+        RUN(test_maintenance_many);
+        RUN(test_lifecycle_state);
+        RUN(test_asg_event);
         RUN(test_token_ttl);
         RUN(test_refresh_margin);
         RUN(test_backoff);
