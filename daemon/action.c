@@ -38,8 +38,9 @@ struct Plan {
         PlanDoneFn done;
         void *userdata;
 
-        HookConfig *hooks;      /* the config's hooks plus the extra one; shallow copies */
+        HookConfig *hooks;      /* the config's hooks (shallow copies) plus the extra one */
         size_t n_hooks;
+        HookConfig extra;       /* owned deep copy of plan_new()'s extra hook */
         PlanStage stage;
         uint64_t started_usec;  /* monotonic */
         uint64_t until_usec;    /* monotonic: stages must be over by then */
@@ -57,7 +58,36 @@ static void plan_free(Plan *p) {
                 hook_stage_close(p->hook_stage);
         free(p->instance_id);
         free(p->hooks);
+        free(p->extra.name);
+        strv_free(p->extra.argv);
+        free(p->extra.user);
         free(p);
+}
+
+/* The caller's extra hook may live on its stack: keep our own copy. */
+static int hook_config_copy(HookConfig *to, const HookConfig *from) {
+        size_t n = strv_length(from->argv);
+
+        *to = (HookConfig) {
+                .timeout_usec = from->timeout_usec,
+                .order = from->order,
+                .line = from->line,
+        };
+        to->name = strdup(from->name);
+        to->argv = calloc(n + 1, sizeof(char *));
+        if (!to->name || !to->argv)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                to->argv[i] = strdup(from->argv[i]);
+                if (!to->argv[i])
+                        return -ENOMEM;
+        }
+        if (from->user) {
+                to->user = strdup(from->user);
+                if (!to->user)
+                        return -ENOMEM;
+        }
+        return 0;
 }
 
 int plan_new(uv_loop_t *loop, const Config *config, const NoticeEvent *ev, const char *instance_id,
@@ -89,8 +119,13 @@ int plan_new(uv_loop_t *loop, const Config *config, const NoticeEvent *ev, const
         }
         for (size_t i = 0; i < config->n_hooks; i++)
                 p->hooks[i] = config->hooks[i];
-        if (extra_hook)
-                p->hooks[config->n_hooks] = *extra_hook;
+        if (extra_hook) {
+                if (hook_config_copy(&p->extra, extra_hook) < 0) {
+                        plan_free(p);
+                        return -ENOMEM;
+                }
+                p->hooks[config->n_hooks] = p->extra;
+        }
 
         /* A notice without a time from the cloud (a manual trigger, a
          * rebalance the config acts on) gets the configured budget. */

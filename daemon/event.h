@@ -6,6 +6,7 @@
 #pragma once
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef enum EventKind {
@@ -55,4 +56,5 @@ typedef struct NoticeEvent {
         char detail[160];       /* cloud's own word for it, e.g. the AWS action, for the log */
         uint64_t notice_usec;   /* when we first saw it (filled by the caller of notice_feed) */
         uint64_t deadline_usec; /* when the cloud takes the machine; 0 if the cloud gave none */
+        bool report_only;       /* the machine is not going away (GCP live migration): never a plan */
 } NoticeEvent;

@@ -18,6 +18,17 @@
 #include "shared/macro.h"
 
 #define FAKE_BODY_MAX ((size_t) 16 * 1024) /* request bodies beyond this get 413 */
+#define FAKE_WAITERS_MAX 32U /* parked requests at most; MHD's connection limit is 64 */
+#define FAKE_TOPIC_ALL (~0U)
+
+/* A request parked by fake_request_suspend() (GCP's hanging GETs). */
+typedef struct FakeWaiter {
+        struct MHD_Connection *connection; /* NULL: the slot is free */
+        unsigned topic;
+        uint64_t deadline_usec;            /* monotonic */
+        bool resumed;
+        bool timed_out;
+} FakeWaiter;
 
 typedef struct FakeRequest {
         struct MHD_Connection *connection;
@@ -56,10 +67,20 @@ struct FakeServer {
         uint16_t port;
         char url[64];
         uint64_t requests;
+
+        /* Parked requests, and a timer for the earliest deadline among them. */
+        FakeWaiter waiters[FAKE_WAITERS_MAX];
+        unsigned n_waiters;
+        uv_timer_t wait_timer;
+        bool wait_timer_initialized;
 };
 
 extern const FakeCloud fake_cloud_aws;
 extern const FakeCloud fake_cloud_alibaba;
+extern const FakeCloud fake_cloud_gcp;
+
+/** fake_gcp_set_shutdown_script() - serve @script (NULL: 404) as instance/attributes/shutdown-script. */
+int fake_gcp_set_shutdown_script(FakeServer *s, const char *script);
 
 uint64_t fake_now_monotonic_usec(void);
 uint64_t fake_now_realtime_usec(void);
@@ -70,6 +91,23 @@ int fake_format_time(uint64_t usec, char *buf, size_t size);
 const char *fake_request_header(const FakeRequest *req, const char *name);
 /** A query argument, or NULL. */
 const char *fake_request_arg(const FakeRequest *req, const char *name);
+
+/**
+ * fake_request_suspend() - park @req (MHD_suspend_connection()) until
+ * fake_resume() wakes @topic or @deadline_usec (monotonic) passes; then the
+ * cloud's handle() is called again for it and fake_request_resumed() says
+ * so. Return MHD_YES from handle() after it. -EBUSY when FAKE_WAITERS_MAX
+ * requests are parked already, -ESHUTDOWN while the server closes.
+ */
+int fake_request_suspend(FakeServer *s, const FakeRequest *req, unsigned topic, uint64_t deadline_usec);
+/**
+ * fake_request_resumed() - for a request handle() sees: 0 if it was not
+ * parked, 1 if fake_resume() woke it, 2 if its deadline passed; it is
+ * forgotten either way.
+ */
+int fake_request_resumed(FakeServer *s, const FakeRequest *req);
+/** fake_resume() - wake every request parked on @topic (FAKE_TOPIC_ALL: all) and let MHD answer them. */
+void fake_resume(FakeServer *s, unsigned topic);
 
 /** fake_reply() - queue an answer; @header/@value add one more header (or NULL). */
 enum MHD_Result fake_reply(FakeServer *s, const FakeRequest *req, unsigned status, const char *type,

@@ -35,6 +35,7 @@ typedef struct FakeConn {
 
 static const FakeCloud *const fake_clouds[] = {
         &fake_cloud_aws,
+        &fake_cloud_gcp,
         &fake_cloud_alibaba,
 };
 
@@ -87,6 +88,14 @@ void fake_server_close(FakeServer *s) {
                 uv_close((uv_handle_t *) &s->poll, handle_close_cb);
         if (s->timer_initialized)
                 uv_close((uv_handle_t *) &s->timer, handle_close_cb);
+        if (s->wait_timer_initialized)
+                uv_close((uv_handle_t *) &s->wait_timer, handle_close_cb);
+        /* MHD refuses to stop while a connection is suspended; completed_cb() forgets them. */
+        for (unsigned i = 0; i < FAKE_WAITERS_MAX; i++)
+                if (s->waiters[i].connection && !s->waiters[i].resumed) {
+                        s->waiters[i].resumed = true;
+                        MHD_resume_connection(s->waiters[i].connection);
+                }
         if (s->mhd)
                 MHD_stop_daemon(s->mhd);
         s->mhd = NULL;
@@ -192,6 +201,125 @@ enum MHD_Result fake_reply_error(FakeServer *s, const FakeRequest *req, unsigned
         return fake_reply(s, req, status, "text/html", page, (size_t) n, allow ? MHD_HTTP_HEADER_ALLOW : NULL, allow);
 }
 
+/* ---- parked requests ----------------------------------------------------- */
+
+static void fake_server_run(FakeServer *s);
+
+static FakeWaiter *waiter_find(FakeServer *s, struct MHD_Connection *c) {
+        for (unsigned i = 0; i < FAKE_WAITERS_MAX; i++)
+                if (s->waiters[i].connection == c)
+                        return &s->waiters[i];
+        return NULL;
+}
+
+static void waiter_drop(FakeServer *s, FakeWaiter *w) {
+        assert(s->n_waiters > 0);
+        *w = (FakeWaiter) {};
+        s->n_waiters--;
+}
+
+static void wait_timer_cb(uv_timer_t *timer);
+
+/* Wake up at the earliest deadline of a parked request, if any. */
+static void waiters_arm(FakeServer *s) {
+        uint64_t next = UINT64_MAX, now, ms;
+
+        if (s->closing || !s->wait_timer_initialized)
+                return;
+        for (unsigned i = 0; i < FAKE_WAITERS_MAX; i++)
+                if (s->waiters[i].connection && !s->waiters[i].resumed)
+                        next = MIN(next, s->waiters[i].deadline_usec);
+        if (next == UINT64_MAX) {
+                (void) uv_timer_stop(&s->wait_timer);
+                return;
+        }
+        now = fake_now_monotonic_usec();
+        ms = next > now ? (next - now + USEC_PER_MSEC - 1) / USEC_PER_MSEC : 0;
+        (void) uv_timer_start(&s->wait_timer, wait_timer_cb, ms, 0);
+}
+
+static void waiter_resume(FakeWaiter *w, bool timed_out) {
+        w->resumed = true;
+        w->timed_out = timed_out;
+        MHD_resume_connection(w->connection);
+}
+
+static void wait_timer_cb(uv_timer_t *timer) {
+        FakeServer *s = container_of(timer, FakeServer, wait_timer);
+        uint64_t now = fake_now_monotonic_usec();
+        bool any = false;
+
+        for (unsigned i = 0; i < FAKE_WAITERS_MAX; i++) {
+                FakeWaiter *w = &s->waiters[i];
+
+                if (w->connection && !w->resumed && w->deadline_usec <= now) {
+                        waiter_resume(w, true);
+                        any = true;
+                }
+        }
+        waiters_arm(s);
+        if (any)
+                fake_server_run(s);
+}
+
+int fake_request_suspend(FakeServer *s, const FakeRequest *req, unsigned topic, uint64_t deadline_usec) {
+        FakeWaiter *w;
+
+        assert(s);
+        assert(req);
+
+        if (s->closing)
+                return -ESHUTDOWN;
+        if (waiter_find(s, req->connection))
+                return -EBUSY;
+        w = waiter_find(s, NULL);
+        if (!w)
+                return -EBUSY;
+        MHD_suspend_connection(req->connection);
+        *w = (FakeWaiter) {
+                .connection = req->connection,
+                .topic = topic,
+                .deadline_usec = deadline_usec,
+        };
+        s->n_waiters++;
+        waiters_arm(s);
+        return 0;
+}
+
+int fake_request_resumed(FakeServer *s, const FakeRequest *req) {
+        FakeWaiter *w;
+        int r;
+
+        assert(s);
+        assert(req);
+
+        w = waiter_find(s, req->connection);
+        if (!w || !w->resumed)
+                return 0;
+        r = w->timed_out ? 2 : 1;
+        waiter_drop(s, w);
+        return r;
+}
+
+void fake_resume(FakeServer *s, unsigned topic) {
+        bool any = false;
+
+        assert(s);
+
+        for (unsigned i = 0; i < FAKE_WAITERS_MAX; i++) {
+                FakeWaiter *w = &s->waiters[i];
+
+                if (w->connection && !w->resumed && (topic == FAKE_TOPIC_ALL || w->topic == topic)) {
+                        waiter_resume(w, false);
+                        any = true;
+                }
+        }
+        waiters_arm(s);
+        /* Not from inside an MHD callback: the callers are the control socket and timers. */
+        if (any)
+                fake_server_run(s);
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -240,8 +368,13 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
 }
 
 static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+        FakeServer *s = cls;
         FakeConn *fc = *con_cls;
+        FakeWaiter *w = waiter_find(s, c);
 
+        /* A parked request whose connection went without being answered. */
+        if (w)
+                waiter_drop(s, w);
         if (!fc)
                 return;
         free(fc->body);
@@ -375,12 +508,12 @@ int fake_server_new(uv_loop_t *loop, CloudKind cloud, const char *address, uint1
         }
 
         /*
-         * External epoll mode: no MHD_USE_INTERNAL_POLLING_THREAD. MHD_USE_ITC is
-         * ignored without a thread, and MHD_USE_TURBO is not needed. GCP's
-         * hanging GETs will need MHD_ALLOW_SUSPEND_RESUME (which adds an ITC fd
-         * to MHD's epoll set) and a fake_server_run() after each resume.
+         * External epoll mode: no MHD_USE_INTERNAL_POLLING_THREAD, and
+         * MHD_USE_TURBO is not needed. GCP's hanging GETs need
+         * MHD_ALLOW_SUSPEND_RESUME (which adds an ITC fd to MHD's epoll set);
+         * fake_resume() runs MHD after each resume.
          */
-        flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+        flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
         if (family == AF_INET6)
                 flags |= MHD_USE_IPv6;
 
@@ -422,6 +555,10 @@ int fake_server_new(uv_loop_t *loop, CloudKind cloud, const char *address, uint1
         (void) uv_timer_init(loop, &s->timer);
         s->timer.data = s;
         s->timer_initialized = true;
+        s->n_handles++;
+        (void) uv_timer_init(loop, &s->wait_timer);
+        s->wait_timer.data = s;
+        s->wait_timer_initialized = true;
         s->n_handles++;
 
         r = uv_poll_init(loop, &s->poll, epoll_fd);

@@ -287,7 +287,8 @@ static void manager_handle_event(Manager *m, const NoticeEvent *ev) {
                 return;
         case NOTICE_ACTION_REPORT:
                 report_notice(&out, false,
-                              was_running ? "a response plan is already running"
+                              out.report_only ? "the machine stays up (a live migration)"
+                              : was_running ? "a response plan is already running"
                               : (m->notice.triggered_kinds & EVENT_MASK(out.kind))
                                       ? "a plan for it already ran from `spotwatchctl trigger`"
                                       : "this kind of notice is not in [daemon] events");

@@ -108,7 +108,7 @@ NoticeAction notice_feed(Notice *n, const NoticeEvent *ev, uint64_t now_usec, No
                 return NOTICE_ACTION_NONE;
         notice_mark_seen(n, e.id);
 
-        if (!(n->events_mask & EVENT_MASK(e.kind)) || n->state == NOTICE_PLAN_RUNNING ||
+        if (e.report_only || !(n->events_mask & EVENT_MASK(e.kind)) || n->state == NOTICE_PLAN_RUNNING ||
             (n->triggered_kinds & EVENT_MASK(e.kind))) {
                 *ret_event = e;
                 return NOTICE_ACTION_REPORT;

@@ -16,6 +16,7 @@
 
 static const ProviderVTable *const provider_vtables[_CLOUD_MAX] = {
         [CLOUD_AWS] = &provider_aws_vtable,
+        [CLOUD_GCP] = &provider_gcp_vtable,
         [CLOUD_ALIBABA] = &provider_alibaba_vtable,
 };
 

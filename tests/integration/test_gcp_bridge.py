@@ -127,5 +127,34 @@ def test_plain_shutdown():
         p.wait()
 
 
+def test_instance_shutdown_script_as_hook():
+    """gcp_shutdown_script = yes: at the preemption the daemon runs the instance's own
+    shutdown-script (from the metadata server) as a hook, with the SPEC environment."""
+    from fake_gcp import FakeGcp, PREEMPTED, SHUTDOWN_SCRIPT
+    fake = FakeGcp().start()
+    try:
+        d = Daemon(daemon_keys={"cloud": "gcp", "metadata_url": fake.url, "gcp_shutdown_script": "yes"})
+        out = os.path.join(d.tmp, "script.out")
+        fake.set_value(SHUTDOWN_SCRIPT, f"#!/bin/sh\necho \"$SPOTWATCH_EVENT $SPOTWATCH_CLOUD\" > {out}\n")
+        with d:
+            fake.set_value(PREEMPTED, "TRUE")
+            wait_until(lambda: os.path.exists(out), 10, what="the instance's shutdown-script")
+            check(open(out).read().split() == ["preempt", "gcp"], "it ran with SPOTWATCH_EVENT=preempt (gcp)")
+            d.wait_stderr(r"\[plan-done\]", 5)
+            hooks = d.records("hook")
+            check(len(hooks) == 1 and hooks[0]["SPOTWATCH_HOOK"] == "gce-shutdown-script"
+                  and hooks[0]["SPOTWATCH_EXIT_STATUS"] == "0", "hook record for gce-shutdown-script, exit 0")
+        # Without a shebang it runs under /bin/sh; with no attribute at all, no extra hook.
+        d = Daemon(daemon_keys={"cloud": "gcp", "metadata_url": fake.url, "gcp_shutdown_script": "yes"})
+        fake.set_value(PREEMPTED, "FALSE")
+        fake.set_value(SHUTDOWN_SCRIPT, None)
+        with d:
+            fake.set_value(PREEMPTED, "TRUE")
+            d.wait_stderr(r"\[plan-done\]", 10)
+            check(d.records("hook") == [], "no shutdown-script attribute: no extra hook")
+    finally:
+        fake.stop()
+
+
 if __name__ == "__main__":
-    main([test_notice_first, test_acpi_first, test_plain_shutdown])
+    main([test_notice_first, test_acpi_first, test_plain_shutdown, test_instance_shutdown_script_as_hook])

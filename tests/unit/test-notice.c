@@ -53,6 +53,13 @@ static void test_report_only_kinds(void) {
         notice_init(&n, EVENT_MASK_DEFAULT | EVENT_MASK(EVENT_REBALANCE));
         ASSERT_EQ(notice_feed(&n, &r, T0, &out), NOTICE_ACTION_START_PLAN);
 
+        /* A report-only notice (GCP live migration) never starts a plan, even when its kind is listed. */
+        notice_init(&n, EVENT_MASK_DEFAULT | EVENT_MASK(EVENT_MAINTENANCE));
+        r = ev(EVENT_MAINTENANCE, "gcp:maintenance-event:MIGRATE_ON_HOST_MAINTENANCE:1", 0);
+        r.report_only = true;
+        ASSERT_EQ(notice_feed(&n, &r, T0, &out), NOTICE_ACTION_REPORT);
+        ASSERT_EQ(n.n_plans, 0);
+
         /* And terminate may be switched off. */
         notice_init(&n, EVENT_MASK(EVENT_PREEMPT));
         r = ev(EVENT_TERMINATE, "t", T0);
