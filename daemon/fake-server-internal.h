@@ -81,6 +81,7 @@ extern const FakeCloud fake_cloud_gcp;
 
 /** fake_gcp_set_shutdown_script() - serve @script (NULL: 404) as instance/attributes/shutdown-script. */
 int fake_gcp_set_shutdown_script(FakeServer *s, const char *script);
+extern const FakeCloud fake_cloud_azure;
 
 uint64_t fake_now_monotonic_usec(void);
 uint64_t fake_now_realtime_usec(void);

@@ -37,6 +37,7 @@ static const FakeCloud *const fake_clouds[] = {
         &fake_cloud_aws,
         &fake_cloud_gcp,
         &fake_cloud_alibaba,
+        &fake_cloud_azure,
 };
 
 uint64_t fake_now_monotonic_usec(void) {

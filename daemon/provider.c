@@ -16,8 +16,9 @@
 
 static const ProviderVTable *const provider_vtables[_CLOUD_MAX] = {
         [CLOUD_AWS] = &provider_aws_vtable,
-        [CLOUD_GCP] = &provider_gcp_vtable,
         [CLOUD_ALIBABA] = &provider_alibaba_vtable,
+        [CLOUD_AZURE] = &provider_azure_vtable,
+        [CLOUD_GCP] = &provider_gcp_vtable,
 };
 
 static const char *const provider_default_urls[_CLOUD_MAX] = {

@@ -87,5 +87,6 @@ Provider *provider_free(Provider *p);
 const char *provider_default_url(CloudKind cloud);
 
 extern const ProviderVTable provider_aws_vtable;
-extern const ProviderVTable provider_gcp_vtable;
 extern const ProviderVTable provider_alibaba_vtable;
+extern const ProviderVTable provider_azure_vtable;
+extern const ProviderVTable provider_gcp_vtable;
