@@ -141,6 +141,10 @@ int plan_new(uv_loop_t *loop, const Config *config, const NoticeEvent *ev, const
         return 0;
 }
 
+uint64_t plan_deadline_usec(Plan *p) {
+        return p->event.deadline_usec;
+}
+
 const char *plan_stage_name(Plan *p) {
         if (p->stage < 0 || p->stage >= _PLAN_STAGE_MAX)
                 return "?";

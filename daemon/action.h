@@ -112,6 +112,8 @@ int plan_start(Plan *p);
 /** plan_mark_done() - forwards `spotwatchctl done PID` to the signal stage. */
 int plan_mark_done(Plan *p, pid_t pid);
 const char *plan_stage_name(Plan *p);
+/** plan_deadline_usec() - the wall-clock deadline the plan works to (the cloud's, or default_deadline's). */
+uint64_t plan_deadline_usec(Plan *p);
 /** plan_abort() - the daemon is stopping: emit the plan-done record as aborted (once); no callback. */
 void plan_abort(Plan *p);
 /** plan_close() - abort whatever runs and free from the loop; no callback. */

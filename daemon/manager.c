@@ -853,7 +853,8 @@ static void on_signal(uv_signal_t *s, int signum) {
          * waits for the plan, which the deadline bounds; a second signal stops
          * at once. */
         if (m->plan && !m->stop_after_plan) {
-                int64_t left = (int64_t) m->notice.plan_event.deadline_usec - (int64_t) now_realtime_usec();
+                /* The plan's own deadline: a notice without one works to default_deadline. */
+                int64_t left = (int64_t) plan_deadline_usec(m->plan) - (int64_t) now_realtime_usec();
                 uint64_t extend = (uint64_t) MAX(left, (int64_t) 0) + 5 * USEC_PER_SEC;
 
                 m->stop_after_plan = true;

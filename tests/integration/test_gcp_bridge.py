@@ -144,7 +144,19 @@ def test_instance_shutdown_script_as_hook():
             hooks = d.records("hook")
             check(len(hooks) == 1 and hooks[0]["SPOTWATCH_HOOK"] == "gce-shutdown-script"
                   and hooks[0]["SPOTWATCH_EXIT_STATUS"] == "0", "hook record for gce-shutdown-script, exit 0")
-        # Without a shebang it runs under /bin/sh; with no attribute at all, no extra hook.
+        # The bridge itself as the instance's shutdown-script: run as a hook it must not
+        # wait for the plan it is part of.
+        d = Daemon(daemon_keys={"cloud": "gcp", "metadata_url": fake.url, "gcp_shutdown_script": "yes"})
+        fake.set_value(PREEMPTED, "FALSE")
+        fake.set_value(SHUTDOWN_SCRIPT, open(SCRIPT).read())
+        with d:
+            t0 = time.monotonic()
+            fake.set_value(PREEMPTED, "TRUE")
+            d.wait_stderr(r"\[plan-done\]", 10)
+            hooks = d.records("hook")
+            check(time.monotonic() - t0 < 5 and len(hooks) == 1 and hooks[0]["SPOTWATCH_EXIT_STATUS"] == "0",
+                  "the bridge run as the instance's script returns at once, exit 0")
+        # With no attribute at all, no extra hook.
         d = Daemon(daemon_keys={"cloud": "gcp", "metadata_url": fake.url, "gcp_shutdown_script": "yes"})
         fake.set_value(PREEMPTED, "FALSE")
         fake.set_value(SHUTDOWN_SCRIPT, None)

@@ -99,6 +99,31 @@ def test_stop_finishes_the_plan():
         fake.stop()
 
 
+def test_stop_extends_for_a_notice_without_deadline():
+    """A notice that carries no deadline (a rebalance the config acts on) works to
+    default_deadline: the stop timeout is extended to cover that, not 5 s."""
+    fake = FakeImds().start()
+    tmp = harness.mkdtemp()
+    hook = os.path.join(tmp, "slow.sh")
+    with open(hook, "w") as f:
+        f.write("#!/bin/sh\nsleep 1\n")
+    os.chmod(hook, 0o755)
+    try:
+        fake.rebalance = rfc3339(0)
+        d = Daemon(sections=f'[hook "slow"]\nexec = {hook}\n',
+                   daemon_keys={"metadata_url": fake.url, "events": "terminate rebalance",
+                                "default_deadline": "90s", "state_dir": os.path.join(tmp, "state")})
+        with d:
+            d.wait_stderr(r"\[plan-start\]", 5)
+            d.proc.send_signal(signal.SIGTERM)
+            check(d.proc.wait(15) == 0, "exit 0 after the plan")
+            ext = [m for m in d.read_notify() if m.startswith("EXTEND_TIMEOUT_USEC=")]
+            check(ext and 90e6 <= int(ext[0].split("=")[1]) <= 96e6,
+                  f"EXTEND_TIMEOUT_USEC covers default_deadline (90s): {ext}")
+    finally:
+        fake.stop()
+
+
 if __name__ == "__main__":
     main([test_no_second_plan_after_restart, test_interrupted_plan_reported_not_rerun,
-          test_stop_finishes_the_plan])
+          test_stop_finishes_the_plan, test_stop_extends_for_a_notice_without_deadline])
