@@ -44,18 +44,18 @@ query), query (dict of lists, as urllib.parse.parse_qs gives it), headers
 (names lower-cased), body (bytes), client_port, time (time.monotonic() at
 arrival), done (time.monotonic() when answered, or None), status (int, or
 "reset").
+
+The HTTP plumbing (server, keep-alive handler, log, command line) is
+fakebase.py's, shared with the other fakes.
 """
-import argparse
 import email.utils
-import http.server
 import json
-import socket
-import struct
 import sys
-import threading
 import time
 import urllib.parse
 import uuid
+
+import fakebase
 
 EVENTS_PATH = "/metadata/scheduledevents"
 NAME_PATH = "/metadata/instance/compute/name"
@@ -70,81 +70,19 @@ def rfc1123(seconds_from_now=0.0):
     return email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
-    def handle_error(self, request, client_address):
-        # A client that goes away mid-answer is normal here (timeouts, caps).
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, OSError)):
-            return
-        super().handle_error(request, client_address)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def setup(self):
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, fmt, *args):
-        if self.server.fake.verbose:
-            sys.stderr.write("fake_azure: %s - %s\n" % (self.client_address[1], fmt % args))
-
-    # -- plumbing ------------------------------------------------------------
-    def _read_body(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            data = b""
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return data
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n > 0 else b""
-
-    def _send(self, status, body=b"", content_type="application/json; charset=utf-8"):
-        if isinstance(body, str):
-            body = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        return status
+class _Handler(fakebase.Handler):
+    content_type = "application/json; charset=utf-8"
 
     def _error(self, status, message, **extra):
         return self._send(status, json.dumps({"error": message, **extra}))
-
-    def _reset(self):
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-        except OSError:
-            pass
-        self.close_connection = True
-        return "reset"
 
     # -- methods -------------------------------------------------------------
     def _handle(self):
         fake = self.server.fake
         url = urllib.parse.urlsplit(self.path)
         body = self._read_body() if self.command in ("POST", "PUT", "PATCH") else b""
-        entry = {
-            "method": self.command,
-            "path": url.path,
-            "query": urllib.parse.parse_qs(url.query, keep_blank_values=True),
-            "headers": {k.lower(): v for k, v in self.headers.items()},
-            "body": body,
-            "client_port": self.client_address[1],
-            "time": time.monotonic(),
-            "done": None,
-            "status": None,
-        }
+        entry = self._new_entry(path=url.path, query=urllib.parse.parse_qs(url.query, keep_blank_values=True),
+                                body=body, done=None)
         with fake._lock:
             # Sliding window over every request that arrived, throttled ones included.
             recent = [t for t in fake._arrivals if entry["time"] - t < 1.0]
@@ -182,7 +120,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return self._error(405, "Method not allowed")
             if q.get("format", [""])[0] != "text":
                 return self._error(400, "Bad request. Leaf nodes only support text format.")
-            return self._send(200, fake.vm_name if url.path == NAME_PATH else fake.vm_id, "text/plain; charset=utf-8")
+            return self._send(200, fake.vm_name if url.path == NAME_PATH else fake.vm_id,
+                              content_type="text/plain; charset=utf-8")
         return self._error(404, "Not found")
 
     def _document(self, fake):
@@ -195,17 +134,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 time.sleep(0.02)
         fault = fake.fault
         if fault == "429-once":
-            with fake._lock:
-                fire = fake.fault == "429-once"
-                if fire:
-                    fake.fault = None
-            fault = "429" if fire else None
+            fault = "429" if fake._fire_once("429-once") else None
         if fault in ("500", "503"):
             return self._error(int(fault), "Internal error")
         if fault == "429":
             return self._error(429, "Too many requests")
         if fault == "garbage":
-            return self._send(200, "<html><body>\x01 not json {{{ \xff</body></html>", "text/html")
+            return self._send(200, self.garbage_body, content_type="text/html")
         if fault == "bad-types":
             return self._send(200, json.dumps({"DocumentIncarnation": "x", "Events": {"EventId": 5}}))
         if fault == "reset":
@@ -232,55 +167,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return self._send(200, "")
 
 
-class FakeAzure:
+class FakeAzure(fakebase.Fake):
     """The fake service. Attributes and events may be changed while it runs."""
+
+    name = "fake_azure"
+    handler_class = _Handler
+    faults = FAULTS
 
     def __init__(self, port=0, vm_name="spotwatch-test-vm", vm_id="7a5e0c3e-1f2b-4c4d-8e9f-0a1b2c3d4e5f",
                  verbose=False):
-        self.port = port
+        super().__init__(port=port, verbose=verbose)
         self.vm_name = vm_name
         self.vm_id = vm_id
         self.first_call_delay = 0.0
-        self.fault = None
         self.incarnation = 1
         self.acks = []                    # EventIds from StartRequests, in order
-        self.verbose = verbose
+        # .fault: one of FAULTS: see fakebase
         self._events = []
         self._first_call_done = False
         self._arrivals = []
-        self._log = []
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server = None
-        self._thread = None
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self):
-        self._server = _Server(("127.0.0.1", self.port), _Handler)
-        self._server.fake = self
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake_azure", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self._stopping.set()
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(5)
-            self._server = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
 
     # -- events ----------------------------------------------------------------
     def add_event(self, event_type, not_before=60.0, resources=None, event_id=None, status="Scheduled",
@@ -326,21 +231,7 @@ class FakeAzure:
         with self._lock:
             return {"DocumentIncarnation": self.incarnation, "Events": [dict(e) for e in self._events]}
 
-    def set_fault(self, fault):
-        if fault not in FAULTS:
-            raise ValueError(f"unknown fault {fault!r}")
-        self.fault = fault
-
     # -- log ---------------------------------------------------------------------
-    def requests(self, method=None, path=None, since=None):
-        """A copy of the request log, optionally filtered; since = a time.monotonic() value."""
-        with self._lock:
-            log = [dict(e) for e in self._log]
-        return [e for e in log
-                if (method is None or e["method"] == method)
-                and (path is None or e["path"] == path)
-                and (since is None or e["time"] >= since)]
-
     def max_in_window(self, window=1.0, log=None):
         """The most requests that arrived within any `window` seconds."""
         times = sorted(e["time"] for e in (log if log is not None else self.requests()))
@@ -353,31 +244,19 @@ class FakeAzure:
 
 
 def main():
-    ap = argparse.ArgumentParser(description="Fake Azure IMDS (Scheduled Events) on 127.0.0.1.")
-    ap.add_argument("--port", type=int, default=0, help="port (default: any free one)")
+    ap = fakebase.arg_parser("Fake Azure IMDS (Scheduled Events) on 127.0.0.1.")
     ap.add_argument("--vm-name", default="spotwatch-test-vm")
     ap.add_argument("--event", choices=EVENT_TYPES, help="serve an event for this VM")
     ap.add_argument("--in", dest="in_seconds", type=float, default=60.0, help="its NotBefore, seconds from now")
     ap.add_argument("--first-call-delay", type=float, default=0.0, help="seconds the first call takes")
-    ap.add_argument("--fault", choices=[f for f in FAULTS if f], help="inject a fault into scheduledevents")
-    ap.add_argument("--quiet", action="store_true", help="do not log requests")
-    args = ap.parse_args()
+    args = fakebase.parse_args(ap, FAULTS, "scheduledevents")
 
     fake = FakeAzure(port=args.port, vm_name=args.vm_name, verbose=not args.quiet)
     fake.first_call_delay = args.first_call_delay
     fake.fault = args.fault
     if args.event:
         fake.add_event(args.event, args.in_seconds)
-    fake.start()
-    print(f"fake_azure: serving on {fake.url}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake.stop()
-    return 0
+    return fakebase.serve(fake)
 
 
 if __name__ == "__main__":

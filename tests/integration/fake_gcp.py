@@ -45,16 +45,17 @@ TCP connection), time (time.monotonic() at arrival), status (int, or
 "reset"/"hang"/"dropped"), value and etag (of a 200 answer), held (the
 request was a hanging GET that waited), answered (time.monotonic() right
 after the answer was written).
+
+The HTTP plumbing (server, keep-alive handler, log, faults, command line) is
+fakebase.py's, shared with the other fakes.
 """
-import argparse
 import hashlib
-import http.server
-import socket
-import struct
 import sys
 import threading
 import time
 import urllib.parse
+
+import fakebase
 
 PREFIX = "/computeMetadata/v1/"
 PREEMPTED = "instance/preempted"
@@ -66,60 +67,24 @@ FAULTS = (None, "503", "429", "reset", "hang")
 MAINTENANCE_VALUES = ("NONE", "MIGRATE_ON_HOST_MAINTENANCE", "TERMINATE_ON_HOST_MAINTENANCE")
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
-    def handle_error(self, request, client_address):
-        # A client that goes away mid-answer is normal here (timeouts, outages).
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, OSError, ValueError)):
-            return
-        super().handle_error(request, client_address)
+class _Server(fakebase.Server):
+    # An outage closes connections under the handlers' feet.
+    quiet_errors = fakebase.Server.quiet_errors + (ValueError,)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(fakebase.Handler):
+    content_type = "text/html; charset=UTF-8"
+    always_headers = (("Metadata-Flavor", "Google"),)
 
     def version_string(self):
         return "Metadata Server for VM"
 
-    def setup(self):
-        super().setup()
-        # Headers and body go out in two writes; without this, Nagle and the
-        # client's delayed ACK add 40 ms to some answers.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.server.fake._lock:
-            self.server.fake._conns.add(self.connection)
-
-    def finish(self):
-        with self.server.fake._lock:
-            self.server.fake._conns.discard(self.connection)
-        try:
-            super().finish()
-        except (OSError, ValueError):
-            pass
-
-    def log_message(self, fmt, *args):
-        if self.server.fake.verbose:
-            sys.stderr.write("fake_gcp: %s - %s\n" % (self.client_address[1], fmt % args))
-
     # -- plumbing ------------------------------------------------------------
-    def _send(self, status, body=b"", headers=None, content_type="text/html; charset=UTF-8"):
+    def _send(self, status, body=b"", headers=None, content_type=None):
         entry = getattr(self, "_entry_now", None)
-        if isinstance(body, str):
-            body = body.encode()
         if entry is not None:
             entry["status"] = status
-        self.send_response(status)
-        self.send_header("Metadata-Flavor", "Google")
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        super()._send(status, body, headers, content_type)
         if entry is not None:
             entry["answered"] = time.monotonic()
             if status == 200:
@@ -128,45 +93,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _entry(self):
         split = urllib.parse.urlsplit(self.path)
-        path = split.path[len(PREFIX):] if split.path.startswith(PREFIX) else split.path
-        return {
-            "method": self.command,
-            "path": path,
-            "query": dict(urllib.parse.parse_qsl(split.query, keep_blank_values=True)),
-            "headers": {k.lower(): v for k, v in self.headers.items()},
-            "client_port": self.client_address[1],
-            "time": time.monotonic(),
-            "status": None,
-            "value": None,
-            "etag": None,
-            "held": False,
-            "answered": None,
-        }
+        return self._new_entry(
+            path=split.path[len(PREFIX):] if split.path.startswith(PREFIX) else split.path,
+            query=dict(urllib.parse.parse_qsl(split.query, keep_blank_values=True)),
+            value=None, etag=None, held=False, answered=None)
+
+    def _logged(self, answer):
+        """Log the request, then answer(fake, entry), which returns the status to log."""
+        entry = self._entry()
+        self._log(entry)
+        self._entry_now = entry
+        try:
+            entry["status"] = answer(self.server.fake, entry)
+        finally:
+            self._entry_now = None
 
     # -- methods -------------------------------------------------------------
     def do_GET(self):
-        fake = self.server.fake
-        entry = self._entry()
-        with fake._lock:
-            fake._log.append(entry)
-        self._entry_now = entry
-        try:
-            entry["status"] = self._get(fake, entry)
-        finally:
-            self._entry_now = None
+        self._logged(self._get)
 
     def _other(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        if n > 0:
-            self.rfile.read(n)
-        entry = self._entry()
-        with self.server.fake._lock:
-            self.server.fake._log.append(entry)
-        self._entry_now = entry
-        try:
-            self._send(405, "Method Not Allowed")
-        finally:
-            self._entry_now = None
+        self._read_body()
+        self._logged(lambda fake, entry: self._send(405, "Method Not Allowed"))
 
     do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _other
 
@@ -179,13 +127,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not urllib.parse.urlsplit(self.path).path.startswith(PREFIX):
             return self._send(404, "Not Found")
         key = entry["path"]
-        fault = fake._take_fault(key)
-        if fault in ("503", "429"):
-            return self._send(int(fault), f"fault {fault}")
-        if fault == "reset":
-            return self._reset()
-        if fault == "hang":
-            return self._hang(fake)
+        status = self._fault(fake._take_fault(key))
+        if status is not None:
+            return status
 
         q = entry["query"]
         with fake._cond:
@@ -216,37 +160,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         entry["etag"] = etag
         return self._send(200, value, {"ETag": etag}, content_type="application/text")
 
-    def _hang(self, fake):
+    # The log shows these while they last.
+    def _hang(self):
         self._entry_now["status"] = "hang"
-        end = time.monotonic() + fake.hang_seconds
-        while time.monotonic() < end and fake.fault == "hang" and not fake._stopping.is_set():
-            time.sleep(0.02)
-        self.close_connection = True
-        return "hang"
+        return super()._hang()
 
     def _reset(self):
         self._entry_now["status"] = "reset"
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-        except OSError:
-            pass
-        self.close_connection = True
-        return "reset"
+        return super()._reset()
 
 
-class FakeGcp:
+class FakeGcp(fakebase.Fake):
     """The fake server. Values and faults may be changed while it runs."""
+
+    name = "fake_gcp"
+    handler_class = _Handler
+    server_class = _Server
+    faults = FAULTS
 
     def __init__(self, port=0, instance_id="4520031799277581759", hostname="vm-1.c.project.internal",
                  verbose=False):
-        self.port = port
-        self.verbose = verbose
+        super().__init__(port=port, verbose=verbose)
         self.max_wait = 3600.0
-        self.fault = None
         self.fault_count = None
         self.fault_paths = (PREEMPTED, MAINTENANCE)
-        self.hang_seconds = 30.0
+        # .fault: one of FAULTS; .hang_seconds: see fakebase
         self._fault_queue = []
         self.flips = []            # (time.monotonic(), path, value, etag) for every change
         self.answers = []          # (answered, path, value, etag, client_port) of every 200
@@ -254,61 +192,19 @@ class FakeGcp:
         self._etags = {}
         self._changes = 0
         self._epoch = 0
-        self._log = []
-        self._conns = set()
-        self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._stopping = threading.Event()
-        self._server = None
-        self._thread = None
         for path, value in ((PREEMPTED, "FALSE"), (MAINTENANCE, "NONE"), (INSTANCE_ID, instance_id),
                             (HOSTNAME, hostname)):
             self.set_value(path, value)
 
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
     # -- lifecycle -------------------------------------------------------------
-    def _listen(self):
-        self._server = _Server(("127.0.0.1", self.port), _Handler)
-        self._server.fake = self
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake_gcp", daemon=True)
-        self._thread.start()
-
     def _unlisten(self):
         """Close the listening socket and every connection; wake held requests (they drop)."""
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(5)
-            self._server = None
+        super()._unlisten()
         with self._cond:
             self._epoch += 1
             self._cond.notify_all()
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def start(self):
-        self._listen()
-        return self
-
-    def stop(self):
-        self._stopping.set()
-        self._unlisten()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
+        self._drop_connections()
 
     def outage(self, seconds, during=None):
         """Refuse connections for `seconds` (dropping those open); call during() meanwhile."""
@@ -346,9 +242,9 @@ class FakeGcp:
         with self._lock:
             return self._etags.get(path)
 
+    # -- faults ------------------------------------------------------------------
     def set_fault(self, fault, count=None, paths=None):
-        if fault not in FAULTS:
-            raise ValueError(f"unknown fault {fault!r}")
+        self._check_fault(fault)
         with self._lock:
             self.fault = fault
             self.fault_count = count
@@ -358,8 +254,7 @@ class FakeGcp:
     def set_faults(self, faults, paths=None):
         """Hit the next len(faults) requests to .fault_paths with these faults, in order."""
         for f in faults:
-            if f not in FAULTS:
-                raise ValueError(f"unknown fault {f!r}")
+            self._check_fault(f)
         with self._lock:
             self._fault_queue = list(faults)
             if paths is not None:
@@ -389,25 +284,15 @@ class FakeGcp:
     # -- the log -------------------------------------------------------------------
     def requests(self, path=None, since=None):
         """A copy of the request log, optionally filtered; since = a time.monotonic() value."""
-        with self._lock:
-            log = [dict(e) for e in self._log]
-        return [e for e in log
-                if (path is None or e["path"] == path)
-                and (since is None or e["time"] >= since)]
-
-    def clear_log(self):
-        with self._lock:
-            self._log.clear()
+        return super().requests(path=path, since=since)
 
 
 def main():
-    ap = argparse.ArgumentParser(description="Fake GCP metadata server on 127.0.0.1.")
-    ap.add_argument("--port", type=int, default=0, help="port (default: any free one)")
+    ap = fakebase.arg_parser("Fake GCP metadata server on 127.0.0.1.")
     ap.add_argument("--preempted", action="store_true", help="serve instance/preempted = TRUE")
     ap.add_argument("--maintenance", choices=MAINTENANCE_VALUES, default="NONE")
     ap.add_argument("--shutdown-script", metavar="FILE", help="serve this file as the shutdown-script attribute")
-    ap.add_argument("--quiet", action="store_true", help="do not log requests")
-    args = ap.parse_args()
+    args = fakebase.parse_args(ap)
 
     fake = FakeGcp(port=args.port, verbose=not args.quiet)
     if args.preempted:
@@ -416,16 +301,7 @@ def main():
     if args.shutdown_script:
         with open(args.shutdown_script) as f:
             fake.set_value(SHUTDOWN_SCRIPT, f.read())
-    fake.start()
-    print(f"fake_gcp: serving on {fake.url}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake.stop()
-    return 0
+    return fakebase.serve(fake)
 
 
 if __name__ == "__main__":
