@@ -18,6 +18,7 @@ typedef enum PlanStage {
         PLAN_STAGE_NEW,
         PLAN_STAGE_SIGNAL,
         PLAN_STAGE_HOOKS,
+        PLAN_STAGE_UPLOADS,
         PLAN_STAGE_DONE,
         _PLAN_STAGE_MAX,
         _PLAN_STAGE_INVALID = -EINVAL,
@@ -27,6 +28,7 @@ static const char *const plan_stage_table[_PLAN_STAGE_MAX] = {
         [PLAN_STAGE_NEW] = "new",
         [PLAN_STAGE_SIGNAL] = "signal",
         [PLAN_STAGE_HOOKS] = "hooks",
+        [PLAN_STAGE_UPLOADS] = "uploads",
         [PLAN_STAGE_DONE] = "done",
 };
 
@@ -46,6 +48,7 @@ struct Plan {
         uint64_t until_usec;    /* monotonic: stages must be over by then */
         SignalStage *signal;
         HookStage *hook_stage;
+        UploadStage *upload_stage;
         PlanSummary summary;
 };
 
@@ -56,6 +59,8 @@ static void plan_free(Plan *p) {
                 signal_stage_close(p->signal);
         if (p->hook_stage)
                 hook_stage_close(p->hook_stage);
+        if (p->upload_stage)
+                upload_stage_close(p->upload_stage);
         free(p->instance_id);
         free(p->hooks);
         free(p->extra.name);
@@ -186,12 +191,64 @@ static void on_hook_exited(HookStage *s, const char *hook, pid_t pid, int exit_s
         report_hook(&p->event, hook, pid, exit_status, term_signal, timed_out, error, duration_usec);
 }
 
+/* ---- uploads ----------------------------------------------------------- */
+
+static void on_upload_object(UploadStage *s, const char *upload, const char *source, const char *object,
+                             uint64_t bytes, uint64_t duration_usec, bool skipped, int error, const char *detail,
+                             void *userdata) {
+        Plan *p = userdata;
+        report_upload(&p->event, upload, source, object, bytes, duration_usec, skipped, error, detail);
+}
+
+static void on_upload_manifest(UploadStage *s, int error, const char *detail, void *userdata) {
+        log_warning_errno(error, "Upload manifest: %s, going on (unchanged files may be sent again)",
+                          detail ? detail : "failed");
+}
+
+static void on_uploads_done(UploadStage *s, unsigned n_ok, unsigned n_skipped, unsigned n_failed, uint64_t bytes,
+                            void *userdata) {
+        Plan *p = userdata;
+
+        p->summary.n_uploaded = n_ok;
+        p->summary.n_upload_skipped = n_skipped;
+        p->summary.n_upload_failed = n_failed;
+        p->summary.bytes_uploaded = bytes;
+        plan_finish(p);
+}
+
+/* The checkpoints the signals and hooks made leave the machine last. */
+static int plan_start_uploads(Plan *p) {
+        static const UploadStageCallbacks cb = {
+                .on_object = on_upload_object,
+                .on_done = on_uploads_done,
+                .on_manifest = on_upload_manifest,
+        };
+        int r;
+
+        p->stage = PLAN_STAGE_UPLOADS;
+        r = upload_stage_new(p->loop, p->config->uploads, p->config->n_uploads, NULL, p->config->state_dir,
+                             p->until_usec, &cb, p, &p->upload_stage);
+        if (r < 0)
+                return r;
+        return upload_stage_start(p->upload_stage);
+}
+
 static void on_hooks_done(HookStage *s, unsigned n_ok, unsigned n_failed, void *userdata) {
         Plan *p = userdata;
+        int r;
 
         p->summary.n_hooks_ok = n_ok;
         p->summary.n_hooks_failed = n_failed;
-        plan_finish(p);
+        if (p->config->n_uploads == 0) {
+                plan_finish(p);
+                return;
+        }
+        r = plan_start_uploads(p);
+        if (r < 0) {
+                log_error_errno(r, "Failed to start the upload stage: %m, finishing the plan without uploads");
+                p->summary.n_upload_failed = (unsigned) p->config->n_uploads;
+                plan_finish(p);
+        }
 }
 
 static int hook_env(Plan *p, char ***ret) {

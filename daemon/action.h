@@ -85,6 +85,58 @@ int hook_stage_start(HookStage *s);
 /** hook_stage_close() - kill what still runs, free from the loop. No callbacks after. */
 void hook_stage_close(HookStage *s);
 
+/* ---- upload stage (action-upload.c) ------------------------------------- */
+
+typedef struct UploadStage UploadStage;
+
+/* The manifest of what was sent, in state_dir: "OBJECT SIZE MTIME_NSEC SHA256" lines. */
+#define UPLOAD_MANIFEST_FILE "uploads"
+/* Files sent per [upload] at most (newest first); older matches are reported failed (-E2BIG). */
+#define UPLOAD_FILES_MAX 10000
+
+typedef struct UploadStageCallbacks {
+        /*
+         * One source file is settled: uploaded (@error 0, @skipped false),
+         * skipped because the manifest says it is already there unchanged
+         * (@skipped true), or failed (@error < 0, @detail says what). @object
+         * is the destination URL of the object (the destination's, when the
+         * error is about the whole [upload], e.g. its directory is missing;
+         * @source is then the source= as configured). @bytes is the source
+         * file's size. Details to expect: "deadline reached" (-ETIME),
+         * "source changed while being read" (-EBUSY), "verification failed:
+         * ..." (-EIO), "cannot create destination directory '...': ...",
+         * "not sent: more than 10000 files match, ..." (-E2BIG).
+         */
+        void (*on_object)(UploadStage *s, const char *upload, const char *source, const char *object,
+                          uint64_t bytes, uint64_t duration_usec, bool skipped, int error, const char *detail,
+                          void *userdata);
+        /* Every [upload] is done or the deadline cut it. Called once, from the loop. */
+        void (*on_done)(UploadStage *s, unsigned n_ok, unsigned n_skipped, unsigned n_failed, uint64_t bytes,
+                        void *userdata);
+        /*
+         * Optional: the manifest could not be read or written (@detail says
+         * which and why). Not fatal: objects are still sent, but unchanged
+         * ones may be sent again next time. At most once per read or write.
+         */
+        void (*on_manifest)(UploadStage *s, int error, const char *detail, void *userdata);
+} UploadStageCallbacks;
+
+/**
+ * upload_stage_new() - send the files of @uploads (copied) — all of them, or
+ * only the one named @only (NULL: all) — newest first, recording what was
+ * sent in @state_dir's manifest, and stop cleanly at @until_usec (monotonic).
+ * @state_dir NULL: no manifest (nothing skipped, nothing recorded). -ENOENT
+ * if @only names no [upload]. on_done's @bytes counts the objects sent (not
+ * the skipped ones).
+ */
+int upload_stage_new(uv_loop_t *loop, const UploadConfig *uploads, size_t n_uploads, const char *only,
+                     const char *state_dir, uint64_t until_usec, const UploadStageCallbacks *cb, void *userdata,
+                     UploadStage **ret);
+/** upload_stage_start() - on_done is always called later from the loop, never from inside this call. */
+int upload_stage_start(UploadStage *s);
+/** upload_stage_close() - stop (a partial object is removed, never left half-visible), free from the loop. */
+void upload_stage_close(UploadStage *s);
+
 /* ---- the plan ----------------------------------------------------------- */
 
 typedef struct Plan Plan;
@@ -92,6 +144,8 @@ typedef struct Plan Plan;
 typedef struct PlanSummary {
         unsigned n_signalled, n_signal_failed, n_waited_out;
         unsigned n_hooks_ok, n_hooks_failed;
+        unsigned n_uploaded, n_upload_skipped, n_upload_failed;
+        uint64_t bytes_uploaded;
         uint64_t duration_usec;
         int64_t seconds_left; /* at the end, against the deadline */
         bool cut_by_deadline;

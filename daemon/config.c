@@ -47,6 +47,7 @@ typedef enum SectionKind {
         SECTION_DAEMON,
         SECTION_PROCESS,
         SECTION_HOOK,
+        SECTION_UPLOAD,
         _SECTION_KIND_MAX,
 } SectionKind;
 
@@ -55,7 +56,21 @@ static const char *const section_kind_table[_SECTION_KIND_MAX] = {
         [SECTION_DAEMON] = "daemon",
         [SECTION_PROCESS] = "process",
         [SECTION_HOOK] = "hook",
+        [SECTION_UPLOAD] = "upload",
 };
+
+/* What [upload] newest= may be: enough for any checkpoint directory, and the stage's per-[upload] cap. */
+#define UPLOAD_NEWEST_MAX 10000
+
+static const char *const upload_scheme_table[_UPLOAD_SCHEME_MAX] = {
+        [UPLOAD_FILE] = "file",
+};
+
+const char *upload_scheme_to_string(UploadScheme s) {
+        if (s < 0 || s >= _UPLOAD_SCHEME_MAX)
+                return NULL;
+        return upload_scheme_table[s];
+}
 
 typedef struct ConfigItem ConfigItem;
 
@@ -70,7 +85,7 @@ struct ConfigItem {
         SectionKind section;
         const char *key;
         ConfigParser parse;
-        size_t offset;      /* into Config, ProcessConfig or HookConfig, after @section */
+        size_t offset;      /* into Config, ProcessConfig, HookConfig or UploadConfig, after @section */
         uint64_t min, max;  /* durations: allowed range in usec */
         bool whole_seconds; /* durations: reject fractions of a second */
 };
@@ -376,6 +391,152 @@ static int set_exec(const ConfigItem *item, const char *value, void *field, char
         return 0;
 }
 
+static int set_upload_source(const ConfigItem *item, const char *value, void *field, char *reason,
+                             size_t size) {
+        int r;
+
+        /* A file, a directory or a glob(3) pattern; whichever, it is resolved when the stage runs. */
+        r = check_absolute_path(value, reason, size);
+        if (r < 0)
+                return r;
+        if (strlen(value) >= PATH_MAX) {
+                (void) snprintf(reason, size, "path is too long (%zu bytes, at most %d)", strlen(value),
+                                PATH_MAX - 1);
+                return -ENAMETOOLONG;
+        }
+        return replace_string(field, value);
+}
+
+static int unhex(char c) {
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -EINVAL;
+}
+
+/*
+ * The path of a file:// URL: "file:///mnt/backup/" -> "/mnt/backup". An
+ * empty host only (file://host/... names another machine), %XX escapes
+ * decoded, no query or fragment, trailing '/' dropped (but "/" stays "/").
+ */
+static int file_url_path(const char *value, char **ret, char *reason, size_t size) {
+        _cleanup_free_ char *p = NULL;
+        const char *path = value + strlen("file://");
+        size_t n = 0;
+
+        if (*path != '/') {
+                (void) snprintf(reason, size,
+                                "invalid destination '%s', a file:// URL has an empty host and an absolute "
+                                "path: write file:///DIR/",
+                                value);
+                return -EINVAL;
+        }
+        if (strpbrk(path, "?#")) {
+                (void) snprintf(reason, size,
+                                "invalid destination '%s', a file:// URL takes no '?' or '#' "
+                                "(write them as %%3F and %%23)",
+                                value);
+                return -EINVAL;
+        }
+
+        p = malloc(strlen(path) + 1);
+        if (!p)
+                return -ENOMEM;
+        for (const char *c = path; *c; c++) {
+                if (*c == '%') {
+                        int hi = unhex(c[1]), lo = hi < 0 ? -EINVAL : unhex(c[2]);
+
+                        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+                                (void) snprintf(reason, size,
+                                                "invalid destination '%s', bad %%-escape "
+                                                "(write %%XX with two hex digits, not %%00)",
+                                                value);
+                                return -EINVAL;
+                        }
+                        p[n++] = (char) (hi << 4 | lo);
+                        c += 2;
+                } else
+                        p[n++] = *c;
+        }
+        while (n > 1 && p[n - 1] == '/')
+                n--;
+        p[n] = '\0';
+
+        if (n >= PATH_MAX) {
+                (void) snprintf(reason, size, "destination path is too long (%zu bytes, at most %d)", n,
+                                PATH_MAX - 1);
+                return -ENAMETOOLONG;
+        }
+        *ret = TAKE_PTR(p);
+        return 0;
+}
+
+static int set_upload_destination(const ConfigItem *item, const char *value, void *field, char *reason,
+                                  size_t size) {
+        static const char *const later[] = { "s3://", "gs://", "az://" };
+        UploadConfig *u = container_of((char **) field, UploadConfig, destination);
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        if (isempty(value)) {
+                (void) snprintf(reason, size,
+                                "empty value, a destination URL such as file:///DIR/ is needed");
+                return -EINVAL;
+        }
+        for (const char *p = value; *p; p++)
+                if (iscntrl((unsigned char) *p)) {
+                        (void) snprintf(reason, size,
+                                        "invalid destination '%s', contains a control character", value);
+                        return -EINVAL;
+                }
+        for (size_t i = 0; i < ELEMENTSOF(later); i++)
+                if (strncmp(value, later[i], strlen(later[i])) == 0) {
+                        (void) snprintf(reason, size,
+                                        "%s destinations are not supported by this version yet "
+                                        "(only file://)",
+                                        later[i]);
+                        return -EOPNOTSUPP;
+                }
+        if (strncmp(value, "file://", 7) != 0) {
+                (void) snprintf(reason, size, "invalid destination '%s', must be a file:///DIR/ URL", value);
+                return -EINVAL;
+        }
+
+        r = file_url_path(value, &path, reason, size);
+        if (r < 0)
+                return r;
+        r = replace_string(&u->destination, value);
+        if (r < 0)
+                return r;
+        free(u->dest_path);
+        u->dest_path = TAKE_PTR(path);
+        u->scheme = UPLOAD_FILE;
+        return 0;
+}
+
+static int set_upload_newest(const ConfigItem *item, const char *value, void *field, char *reason,
+                             size_t size) {
+        long v;
+        int r;
+
+        r = parse_int(value, 1, UPLOAD_NEWEST_MAX, &v);
+        if (r == -ERANGE) {
+                (void) snprintf(reason, size, "integer '%s' is out of range, must be between 1 and %d",
+                                value, UPLOAD_NEWEST_MAX);
+                return r;
+        }
+        if (r < 0) {
+                (void) snprintf(reason, size, "invalid integer '%s' (the number of newest files to send)",
+                                value);
+                return r;
+        }
+        *(unsigned *) field = (unsigned) v;
+        return 0;
+}
+
 /* ---- the key table ------------------------------------------------------ */
 
 #define SEC USEC_PER_SEC
@@ -419,6 +580,10 @@ static const ConfigItem config_items[] = {
         { SECTION_HOOK, "timeout", set_duration, offsetof(HookConfig, timeout_usec), 10 * MSEC, 3600 * SEC },
         { SECTION_HOOK, "order", set_long, offsetof(HookConfig, order) },
         { SECTION_HOOK, "user", set_user, offsetof(HookConfig, user) },
+
+        { SECTION_UPLOAD, "source", set_upload_source, offsetof(UploadConfig, source) },
+        { SECTION_UPLOAD, "destination", set_upload_destination, offsetof(UploadConfig, destination) },
+        { SECTION_UPLOAD, "newest", set_upload_newest, offsetof(UploadConfig, newest) },
 };
 
 #undef SEC
@@ -439,7 +604,7 @@ typedef struct LoadState {
 
         /* The section we are in, as parsed by the reader from the header line. */
         SectionKind section;
-        size_t index;                                /* into processes[] or hooks[] */
+        size_t index;                                /* into processes[], hooks[] or uploads[] */
         char section_text[INI_MAX_LINE];             /* between the brackets, for messages */
         unsigned key_line[ELEMENTSOF(config_items)]; /* line each key was set on, this section */
         unsigned daemon_line;
@@ -565,6 +730,26 @@ static int add_hook(LoadState *s, const char *name, size_t n) {
         return 0;
 }
 
+static int add_upload(LoadState *s, const char *name, size_t n) {
+        Config *c = s->config;
+        UploadConfig *u;
+
+        u = reallocarray(c->uploads, c->n_uploads + 1, sizeof(UploadConfig));
+        if (!u)
+                return -ENOMEM;
+        c->uploads = u;
+        u = &c->uploads[c->n_uploads++];
+        *u = (UploadConfig) {
+                .scheme = _UPLOAD_SCHEME_INVALID,
+                .line = s->line,
+        };
+        u->name = strndup(name, n);
+        if (!u->name)
+                return -ENOMEM;
+        s->index = c->n_uploads - 1;
+        return 0;
+}
+
 /* A "[...]" line; @inner is the @n bytes between the brackets. */
 static int enter_section(LoadState *s, const char *inner, size_t n) {
         const char *word_end, *rest, *end = inner + n, *name;
@@ -596,9 +781,6 @@ static int enter_section(LoadState *s, const char *inner, size_t n) {
         switch (kind) {
         case SECTION_NONE:
         case _SECTION_KIND_MAX:
-                if (word_end - inner == 6 && memcmp(inner, "upload", 6) == 0)
-                        return load_error(s, -EINVAL, s->line, s->section_text, NULL,
-                                          "upload sections are not supported yet");
                 return load_error(s, -EINVAL, s->line, s->section_text, NULL,
                                   "unknown section (expected [daemon], [process \"NAME\"] "
                                   "or [hook \"NAME\"])");
@@ -616,6 +798,7 @@ static int enter_section(LoadState *s, const char *inner, size_t n) {
 
         case SECTION_PROCESS:
         case SECTION_HOOK:
+        case SECTION_UPLOAD:
                 break;
         }
 
@@ -645,6 +828,15 @@ static int enter_section(LoadState *s, const char *inner, size_t n) {
                                                   "duplicate section, first on line %u", p->line);
                 }
                 r = add_process(s, name, name_len);
+        } else if (kind == SECTION_UPLOAD) {
+                for (size_t i = 0; i < s->config->n_uploads; i++) {
+                        const UploadConfig *u = &s->config->uploads[i];
+
+                        if (strlen(u->name) == name_len && memcmp(u->name, name, name_len) == 0)
+                                return load_error(s, -EINVAL, s->line, s->section_text, NULL,
+                                                  "duplicate section, first on line %u", u->line);
+                }
+                r = add_upload(s, name, name_len);
         } else {
                 for (size_t i = 0; i < s->config->n_hooks; i++) {
                         const HookConfig *h = &s->config->hooks[i];
@@ -783,6 +975,8 @@ static void *section_base(LoadState *s) {
                 return &s->config->processes[s->index];
         case SECTION_HOOK:
                 return &s->config->hooks[s->index];
+        case SECTION_UPLOAD:
+                return &s->config->uploads[s->index];
         case SECTION_NONE:
         case _SECTION_KIND_MAX:
                 break;
@@ -814,8 +1008,8 @@ static int handle_key(void *user, const char *section, const char *name, const c
                 for (SectionKind k = SECTION_DAEMON; k < _SECTION_KIND_MAX; k++)
                         if (find_item(k, name) >= 0) {
                                 (void) load_error(s, -EINVAL, s->line, s->section_text, name,
-                                                  "unknown key here, it belongs in a [%s%s] section",
-                                                  section_kind_table[k],
+                                                  "unknown key here, it belongs in %s [%s%s] section",
+                                                  k == SECTION_UPLOAD ? "an" : "a", section_kind_table[k],
                                                   k == SECTION_DAEMON ? "" : " \"NAME\"");
                                 return 0;
                         }
@@ -882,6 +1076,17 @@ static int check_config(LoadState *s) {
                 (void) snprintf(section, sizeof(section), "hook \"%s\"", h->name);
                 if (!h->argv)
                         return load_error(s, -EINVAL, h->line, section, NULL, "no exec= given");
+        }
+
+        for (size_t i = 0; i < c->n_uploads; i++) {
+                const UploadConfig *u = &c->uploads[i];
+                char section[INI_MAX_LINE];
+
+                (void) snprintf(section, sizeof(section), "upload \"%s\"", u->name);
+                if (!u->source)
+                        return load_error(s, -EINVAL, u->line, section, NULL, "no source= given");
+                if (!u->destination)
+                        return load_error(s, -EINVAL, u->line, section, NULL, "no destination= given");
         }
 
         if (c->deadline_margin_usec >= c->default_deadline_usec) {
@@ -1084,6 +1289,14 @@ Config *config_free(Config *c) {
                 free(c->hooks[i].user);
         }
         free(c->hooks);
+
+        for (size_t i = 0; i < c->n_uploads; i++) {
+                free(c->uploads[i].name);
+                free(c->uploads[i].source);
+                free(c->uploads[i].destination);
+                free(c->uploads[i].dest_path);
+        }
+        free(c->uploads);
 
         free(c);
         return NULL;

@@ -39,6 +39,25 @@ typedef struct HookConfig {
         unsigned line;
 } HookConfig;
 
+typedef enum UploadScheme {
+        UPLOAD_FILE,  /* file:///path/ : a directory on this machine (NFS, a second disk) */
+        _UPLOAD_SCHEME_MAX,
+        _UPLOAD_SCHEME_INVALID = -EINVAL,
+} UploadScheme;
+
+typedef struct UploadConfig {
+        char *name;
+        char *source;       /* a file, a directory (its regular files) or a glob */
+        char *destination;  /* as written, e.g. "file:///mnt/backup/run-42/" */
+        UploadScheme scheme;
+        char *dest_path;    /* UPLOAD_FILE: the absolute directory, no trailing '/' */
+        unsigned newest;    /* only the newest N matching files; 0 = all */
+        unsigned line;
+} UploadConfig;
+
+/** upload_scheme_to_string() - "file"; NULL for an invalid scheme. */
+const char *upload_scheme_to_string(UploadScheme s);
+
 typedef struct Config {
         char *path;
 
@@ -66,6 +85,8 @@ typedef struct Config {
         size_t n_processes;
         HookConfig *hooks;           /* sorted by order, then file position */
         size_t n_hooks;
+        UploadConfig *uploads;
+        size_t n_uploads;
 } Config;
 
 /**

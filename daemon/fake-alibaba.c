@@ -13,13 +13,10 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "fake-server-internal.h"
 
-#define FAKE_TOKENS_MAX 64
-#define FAKE_TOKEN_TTL_MAX 21600U
-#define FAKE_TOKEN_RANDOM_BYTES 24
+#define FAKE_TOKEN_DIGITS 48
 #define FAKE_TERMINATION_LEAD_USEC (5 * 60 * USEC_PER_SEC) /* Alibaba announces about 5 minutes ahead */
 #define FAKE_ALIBABA_INSTANCE_ID "i-bp1fake0000000000001"
 
@@ -28,85 +25,23 @@
 #define ALIBABA_TOKEN_HEADER "X-aliyun-ecs-metadata-token"
 #define ALIBABA_TERMINATION_PATH "/latest/meta-data/instance/spot/termination-time"
 
-typedef struct FakeAlibabaToken {
-        char value[FAKE_TOKEN_RANDOM_BYTES * 2 + 1];
-        uint64_t expire_usec; /* monotonic; 0 = slot unused */
-} FakeAlibabaToken;
-
 typedef struct FakeAlibaba {
-        FakeAlibabaToken tokens[FAKE_TOKENS_MAX]; /* a ring: a new token replaces the oldest */
-        size_t token_next;
+        FakeTokenRing tokens;
 
         bool notice;
         uint64_t notice_usec;
 } FakeAlibaba;
 
+/* Alibaba's tokens are plain hex. */
 static bool token_random(char *buf, size_t size) {
-        static const char hex[] = "0123456789abcdef";
-        uint8_t raw[FAKE_TOKEN_RANDOM_BYTES];
-
-        if (size < sizeof(raw) * 2 + 1 || getrandom(raw, sizeof(raw), GRND_NONBLOCK) != (ssize_t) sizeof(raw))
-                return false;
-        for (size_t i = 0; i < sizeof(raw); i++) {
-                buf[2 * i] = hex[raw[i] >> 4];
-                buf[2 * i + 1] = hex[raw[i] & 15];
-        }
-        buf[sizeof(raw) * 2] = 0;
-        return true;
-}
-
-/* The TTL header: decimal seconds, 1..21600. */
-static int parse_ttl(const char *s, unsigned *ret) {
-        unsigned long v = 0;
-
-        if (isempty(s))
-                return -EINVAL;
-        for (const char *p = s; *p; p++) {
-                if (*p < '0' || *p > '9')
-                        return -EINVAL;
-                v = v * 10 + (unsigned long) (*p - '0');
-                if (v > FAKE_TOKEN_TTL_MAX)
-                        return -ERANGE;
-        }
-        if (v < 1)
-                return -ERANGE;
-        *ret = (unsigned) v;
-        return 0;
-}
-
-static bool token_valid(FakeAlibaba *a, const char *value) {
-        uint64_t now = fake_now_monotonic_usec();
-
-        for (size_t i = 0; i < FAKE_TOKENS_MAX; i++)
-                if (a->tokens[i].expire_usec > now && streq(a->tokens[i].value, value))
-                        return true;
-        return false;
-}
-
-static enum MHD_Result alibaba_token(FakeServer *s, const FakeRequest *req) {
-        FakeAlibaba *a = s->state;
-        FakeAlibabaToken *t;
-        unsigned ttl;
-
-        if (fake_request_header(req, "X-Forwarded-For"))
-                return fake_reply_error(s, req, MHD_HTTP_FORBIDDEN, NULL);
-        if (parse_ttl(fake_request_header(req, ALIBABA_TOKEN_TTL_HEADER), &ttl) < 0)
-                return fake_reply_error(s, req, MHD_HTTP_BAD_REQUEST, NULL);
-
-        t = &a->tokens[a->token_next++ % FAKE_TOKENS_MAX];
-        if (!token_random(t->value, sizeof(t->value))) {
-                t->expire_usec = 0;
-                return fake_reply_error(s, req, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
-        }
-        t->expire_usec = fake_now_monotonic_usec() + ttl * USEC_PER_SEC;
-        return fake_reply_text(s, req, t->value);
+        return fake_random_hex(buf, size, FAKE_TOKEN_DIGITS) >= 0;
 }
 
 static enum MHD_Result alibaba_termination_time(FakeServer *s, const FakeRequest *req) {
         FakeAlibaba *a = s->state;
         char when[32];
 
-        if (!a->notice || fake_format_time(a->notice_usec, when, sizeof(when)) < 0)
+        if (!a->notice || fake_format_time(a->notice_usec, FAKE_TIME_RFC3339, when, sizeof(when)) < 0)
                 return fake_reply_error(s, req, MHD_HTTP_NOT_FOUND, NULL);
         return fake_reply_text(s, req, when);
 }
@@ -118,7 +53,8 @@ static enum MHD_Result alibaba_handle(FakeServer *s, const FakeRequest *req) {
         if (streq(url, ALIBABA_TOKEN_PATH)) {
                 if (!streq(method, MHD_HTTP_METHOD_PUT))
                         return fake_reply_error(s, req, MHD_HTTP_METHOD_NOT_ALLOWED, MHD_HTTP_METHOD_PUT);
-                return alibaba_token(s, req);
+                /* Unlike AWS, the answer does not repeat the TTL. */
+                return fake_token_put(s, req, &a->tokens, ALIBABA_TOKEN_TTL_HEADER, false, token_random);
         }
 
         if (!streq(method, MHD_HTTP_METHOD_GET))
@@ -128,7 +64,7 @@ static enum MHD_Result alibaba_handle(FakeServer *s, const FakeRequest *req) {
 
         /* Both modes: no token is fine, a token must be good. */
         token = fake_request_header(req, ALIBABA_TOKEN_HEADER);
-        if (token && !token_valid(a, token))
+        if (token && !fake_token_valid(&a->tokens, token))
                 return fake_reply_error(s, req, MHD_HTTP_UNAUTHORIZED, NULL);
 
         if (streq(url, "/latest/meta-data/") || streq(url, "/latest/meta-data"))

@@ -17,26 +17,18 @@
 
 #include "fake-server-internal.h"
 
-#define FAKE_TOKENS_MAX 64
-#define FAKE_TOKEN_TTL_MAX 21600U
 #define FAKE_TOKEN_RANDOM_BYTES 36
 #define FAKE_NOTICE_LEAD_USEC (120 * USEC_PER_SEC) /* AWS's two-minute warning */
 #define FAKE_AWS_INSTANCE_ID "i-0fake0000000000001"
-#define FAKE_EVENT_ID_RANDOM_BYTES 9
+#define FAKE_EVENT_ID_DIGITS 17
 #define FAKE_MAINTENANCE_WINDOW_USEC (2 * 3600 * USEC_PER_SEC)
 
 #define AWS_TOKEN_PATH "/latest/api/token"
 #define AWS_TOKEN_TTL_HEADER "X-aws-ec2-metadata-token-ttl-seconds"
 #define AWS_TOKEN_HEADER "X-aws-ec2-metadata-token"
 
-typedef struct FakeToken {
-        char value[8 + FAKE_TOKEN_RANDOM_BYTES * 4 / 3];
-        uint64_t expire_usec; /* monotonic; 0 = slot unused */
-} FakeToken;
-
 typedef struct FakeAws {
-        FakeToken tokens[FAKE_TOKENS_MAX]; /* a ring: a new token replaces the oldest */
-        size_t token_next;
+        FakeTokenRing tokens;
 
         bool notice;
         char notice_action[16];
@@ -73,73 +65,17 @@ static bool token_random(char *buf, size_t size) {
         return true;
 }
 
-/* The TTL header as AWS takes it: decimal seconds, 1..21600. */
-static int parse_ttl(const char *s, unsigned *ret) {
-        unsigned long v = 0;
-
-        if (isempty(s))
-                return -EINVAL;
-        for (const char *p = s; *p; p++) {
-                if (*p < '0' || *p > '9')
-                        return -EINVAL;
-                v = v * 10 + (unsigned long) (*p - '0');
-                if (v > FAKE_TOKEN_TTL_MAX)
-                        return -ERANGE;
-        }
-        if (v < 1)
-                return -ERANGE;
-        *ret = (unsigned) v;
-        return 0;
-}
-
-static bool token_valid(FakeAws *a, const char *value) {
-        uint64_t now = fake_now_monotonic_usec();
-
-        if (isempty(value))
-                return false;
-        for (size_t i = 0; i < FAKE_TOKENS_MAX; i++)
-                if (a->tokens[i].expire_usec > now && streq(a->tokens[i].value, value))
-                        return true;
-        return false;
-}
-
-static enum MHD_Result aws_token(FakeServer *s, const FakeRequest *req) {
-        FakeAws *a = s->state;
-        const char *ttl_s;
-        FakeToken *t;
-        unsigned ttl;
-        char buf[16];
-
-        /* IMDSv2 refuses token requests that passed through a proxy. */
-        if (fake_request_header(req, "X-Forwarded-For"))
-                return fake_reply_error(s, req, MHD_HTTP_FORBIDDEN, NULL);
-
-        ttl_s = fake_request_header(req, AWS_TOKEN_TTL_HEADER);
-        if (parse_ttl(ttl_s, &ttl) < 0)
-                return fake_reply_error(s, req, MHD_HTTP_BAD_REQUEST, NULL);
-
-        t = &a->tokens[a->token_next++ % FAKE_TOKENS_MAX];
-        if (!token_random(t->value, sizeof(t->value))) {
-                t->expire_usec = 0;
-                return fake_reply_error(s, req, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
-        }
-        t->expire_usec = fake_now_monotonic_usec() + ttl * USEC_PER_SEC;
-
-        (void) snprintf(buf, sizeof(buf), "%u", ttl);
-        return fake_reply(s, req, MHD_HTTP_OK, "text/plain", t->value, strlen(t->value), AWS_TOKEN_TTL_HEADER, buf);
-}
-
 static enum MHD_Result aws_instance_action(FakeServer *s, const FakeRequest *req) {
         FakeAws *a = s->state;
         _cleanup_(json_unrefp) json_object *o = NULL;
         char when[32];
 
-        if (!a->notice || fake_format_time(a->notice_usec, when, sizeof(when)) < 0)
+        if (!a->notice || fake_format_time(a->notice_usec, FAKE_TIME_RFC3339, when, sizeof(when)) < 0)
                 return fake_reply_error(s, req, MHD_HTTP_NOT_FOUND, NULL);
 
         o = json_object_new_object();
-        if (!o || json_object_object_add(o, "action", json_object_new_string(a->notice_action)) < 0 ||
-            json_object_object_add(o, "time", json_object_new_string(when)) < 0)
+        if (!o || fake_json_add_string(o, "action", a->notice_action) < 0 ||
+            fake_json_add_string(o, "time", when) < 0)
                 return MHD_NO;
         return fake_reply_json(s, req, o);
 }
@@ -149,37 +85,13 @@ static enum MHD_Result aws_rebalance(FakeServer *s, const FakeRequest *req) {
         _cleanup_(json_unrefp) json_object *o = NULL;
         char when[32];
 
-        if (!a->rebalance || fake_format_time(a->rebalance_usec, when, sizeof(when)) < 0)
+        if (!a->rebalance || fake_format_time(a->rebalance_usec, FAKE_TIME_RFC3339, when, sizeof(when)) < 0)
                 return fake_reply_error(s, req, MHD_HTTP_NOT_FOUND, NULL);
 
         o = json_object_new_object();
-        if (!o || json_object_object_add(o, "noticeTime", json_object_new_string(when)) < 0)
+        if (!o || fake_json_add_string(o, "noticeTime", when) < 0)
                 return MHD_NO;
         return fake_reply_json(s, req, o);
-}
-
-/* Scheduled events write their times as "21 Jan 2019 09:00:43 GMT". */
-static int format_event_time(uint64_t usec, char *buf, size_t size) {
-        time_t t = (time_t) (usec / USEC_PER_SEC);
-        struct tm tm;
-
-        if (!gmtime_r(&t, &tm))
-                return -EINVAL;
-        if (strftime(buf, size, "%d %b %Y %H:%M:%S GMT", &tm) == 0)
-                return -ENOBUFS;
-        return 0;
-}
-
-static int add_string(json_object *o, const char *key, const char *value) {
-        json_object *v = json_object_new_string(value);
-
-        if (!v)
-                return -ENOMEM;
-        if (json_object_object_add(o, key, v) < 0) {
-                (void) json_object_put(v);
-                return -ENOMEM;
-        }
-        return 0;
 }
 
 static enum MHD_Result aws_scheduled_events(FakeServer *s, const FakeRequest *req) {
@@ -195,8 +107,10 @@ static enum MHD_Result aws_scheduled_events(FakeServer *s, const FakeRequest *re
         if (!a->maintenance)
                 return fake_reply_json(s, req, list);
 
-        if (format_event_time(a->maintenance_usec, not_before, sizeof(not_before)) < 0 ||
-            format_event_time(a->maintenance_usec + FAKE_MAINTENANCE_WINDOW_USEC, not_after, sizeof(not_after)) < 0)
+        /* Scheduled events write their times as "21 Jan 2019 09:00:43 GMT". */
+        if (fake_format_time(a->maintenance_usec, FAKE_TIME_AWS_EVENT, not_before, sizeof(not_before)) < 0 ||
+            fake_format_time(a->maintenance_usec + FAKE_MAINTENANCE_WINDOW_USEC, FAKE_TIME_AWS_EVENT,
+                             not_after, sizeof(not_after)) < 0)
                 return fake_reply_error(s, req, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
         e = json_object_new_object();
         if (!e)
@@ -205,10 +119,12 @@ static enum MHD_Result aws_scheduled_events(FakeServer *s, const FakeRequest *re
                 (void) json_object_put(e);
                 return MHD_NO;
         }
-        if (add_string(e, "NotBefore", not_before) < 0 || add_string(e, "Code", "instance-retirement") < 0 ||
-            add_string(e, "Description", "The instance is running on degraded hardware") < 0 ||
-            add_string(e, "EventId", a->maintenance_id) < 0 || add_string(e, "NotAfter", not_after) < 0 ||
-            add_string(e, "State", "active") < 0)
+        if (fake_json_add_string(e, "NotBefore", not_before) < 0 ||
+            fake_json_add_string(e, "Code", "instance-retirement") < 0 ||
+            fake_json_add_string(e, "Description", "The instance is running on degraded hardware") < 0 ||
+            fake_json_add_string(e, "EventId", a->maintenance_id) < 0 ||
+            fake_json_add_string(e, "NotAfter", not_after) < 0 ||
+            fake_json_add_string(e, "State", "active") < 0)
                 return MHD_NO;
         return fake_reply_json(s, req, list);
 }
@@ -220,7 +136,7 @@ static enum MHD_Result aws_handle(FakeServer *s, const FakeRequest *req) {
         if (streq(url, AWS_TOKEN_PATH)) {
                 if (!streq(method, MHD_HTTP_METHOD_PUT))
                         return fake_reply_error(s, req, MHD_HTTP_METHOD_NOT_ALLOWED, MHD_HTTP_METHOD_PUT);
-                return aws_token(s, req);
+                return fake_token_put(s, req, &a->tokens, AWS_TOKEN_TTL_HEADER, true, token_random);
         }
 
         if (!streq(method, MHD_HTTP_METHOD_GET))
@@ -229,7 +145,7 @@ static enum MHD_Result aws_handle(FakeServer *s, const FakeRequest *req) {
                 return fake_reply_error(s, req, MHD_HTTP_NOT_FOUND, NULL);
 
         /* IMDSv2 only: without a live session token nothing is served, not even a 404. */
-        if (!token_valid(a, fake_request_header(req, AWS_TOKEN_HEADER)))
+        if (!fake_token_valid(&a->tokens, fake_request_header(req, AWS_TOKEN_HEADER)))
                 return fake_reply_error(s, req, MHD_HTTP_UNAUTHORIZED, NULL);
 
         if (streq(url, "/latest/meta-data/") || streq(url, "/latest/meta-data"))
@@ -260,18 +176,13 @@ static int aws_set_notice(FakeServer *s, const char *event, uint64_t time_usec) 
                 return 0;
         }
         if (streq(event, "maintenance")) {
-                static const char hex[] = "0123456789abcdef";
-                uint8_t raw[FAKE_EVENT_ID_RANDOM_BYTES];
-                char digits[FAKE_EVENT_ID_RANDOM_BYTES * 2 + 1];
+                char digits[FAKE_EVENT_ID_DIGITS + 1];
+                int r;
 
                 /* A fresh event each time, as AWS schedules a new one: "instance-event-" and 17 hex digits. */
-                if (getrandom(raw, sizeof(raw), GRND_NONBLOCK) != (ssize_t) sizeof(raw))
-                        return -EIO;
-                for (size_t i = 0; i < sizeof(raw); i++) {
-                        digits[2 * i] = hex[raw[i] >> 4];
-                        digits[2 * i + 1] = hex[raw[i] & 15];
-                }
-                digits[17] = 0;
+                r = fake_random_hex(digits, sizeof(digits), FAKE_EVENT_ID_DIGITS);
+                if (r < 0)
+                        return r;
                 (void) snprintf(a->maintenance_id, sizeof(a->maintenance_id), "instance-event-%s", digits);
                 a->maintenance_usec = time_usec > 0 ? time_usec : fake_now_realtime_usec() + FAKE_NOTICE_LEAD_USEC;
                 a->maintenance = true;

@@ -79,24 +79,6 @@ static int fake_azure_init(FakeServer *s) {
         return 0;
 }
 
-/* "Mon, 19 Sep 2016 18:29:47 GMT", spelled out here so no locale can change it. */
-static int format_rfc1123(uint64_t usec, char *buf, size_t size) {
-        static const char *const days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
-        static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                              "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
-        time_t t = (time_t) (usec / USEC_PER_SEC);
-        struct tm tm;
-        int n;
-
-        if (!gmtime_r(&t, &tm) || tm.tm_wday < 0 || tm.tm_wday > 6 || tm.tm_mon < 0 || tm.tm_mon > 11)
-                return -EINVAL;
-        n = snprintf(buf, size, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday], tm.tm_mday,
-                     months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
-        if (n < 0 || (size_t) n >= size)
-                return -ENOBUFS;
-        return 0;
-}
-
 /* A version 4 UUID in capitals, as Azure writes EventIds. */
 static int uuid_random(char buf[static FAKE_AZURE_UUID_LEN + 1]) {
         uint8_t raw[16];
@@ -117,11 +99,9 @@ static enum MHD_Result azure_reply_error(FakeServer *s, const FakeRequest *req, 
                                          const char *message, bool with_versions) {
         _cleanup_(json_unrefp) json_object *o = NULL;
         json_object *versions;
-        const char *text;
-        size_t size;
 
         o = json_object_new_object();
-        if (!o || json_object_object_add(o, "error", json_object_new_string(message)) < 0)
+        if (!o || fake_json_add_string(o, "error", message) < 0)
                 return MHD_NO;
         if (with_versions) {
                 versions = json_object_new_array();
@@ -131,11 +111,7 @@ static enum MHD_Result azure_reply_error(FakeServer *s, const FakeRequest *req, 
                     json_object_array_add(versions, json_object_new_string("2021-02-01")) < 0)
                         return MHD_NO;
         }
-        text = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
-                                                 &size);
-        if (!text)
-                return MHD_NO;
-        return fake_reply(s, req, status, "application/json; charset=utf-8", text, size, NULL, NULL);
+        return fake_reply_json_status(s, req, status, "application/json; charset=utf-8", o);
 }
 
 /* "YYYY-MM-DD": the shape of every IMDS api-version. */
@@ -168,7 +144,8 @@ static json_object *event_to_json(const FakeAzureEvent *e) {
         json_object *resources;
         char when[64] = "";
 
-        if (!e->started && format_rfc1123(e->not_before_usec, when, sizeof(when)) < 0)
+        /* "Mon, 19 Sep 2016 18:29:47 GMT" */
+        if (!e->started && fake_format_time(e->not_before_usec, FAKE_TIME_RFC1123, when, sizeof(when)) < 0)
                 return NULL;
         o = json_object_new_object();
         resources = json_object_new_array();

@@ -95,22 +95,12 @@ static bool lookup(FakeGcp *g, const char *path, FakeGcpValue *ret) {
 /* Any answer, with the headers the real server sends: Metadata-Flavor, ETag, its Server name. */
 static enum MHD_Result gcp_reply(FakeServer *s, const FakeRequest *req, unsigned status, const char *type,
                                  const char *body, const char *etag) {
-        struct MHD_Response *resp;
-        enum MHD_Result ret;
+        const char *headers[] = { "Metadata-Flavor", "Google", MHD_HTTP_HEADER_ETAG, etag, NULL };
 
-        resp = MHD_create_response_from_buffer(strlen(body), (void *) body, MHD_RESPMEM_MUST_COPY);
-        if (!resp)
-                return MHD_NO;
-        if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type) != MHD_YES ||
-            MHD_add_response_header(resp, MHD_HTTP_HEADER_SERVER, s->vt->server_header) != MHD_YES ||
-            MHD_add_response_header(resp, "Metadata-Flavor", "Google") != MHD_YES ||
-            (etag && MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag) != MHD_YES)) {
-                MHD_destroy_response(resp);
-                return MHD_NO;
-        }
-        ret = MHD_queue_response(req->connection, status, resp);
-        MHD_destroy_response(resp);
-        return ret;
+        /* Without an ETag the list ends after Metadata-Flavor. */
+        if (!etag)
+                headers[2] = NULL;
+        return fake_reply_headers(s, req, status, type, body, strlen(body), headers);
 }
 
 static enum MHD_Result gcp_reply_error(FakeServer *s, const FakeRequest *req, unsigned status, const char *why) {

@@ -2,9 +2,11 @@
 /*
  * fake-server-internal.h - what fake-server.c (the HTTP plumbing: MHD under
  * the uv loop, connections, request bodies) shares with the per-cloud fakes
- * (fake-aws.c, ...). A cloud's fake is a FakeCloud table: it answers requests
- * with that cloud's real paths and rules and keeps its own state in
- * FakeServer.state. Private to the fake server; manager uses fake-server.h.
+ * (fake-aws.c, ...), and the helpers more than one fake needs: answers, the
+ * clouds' time formats, random ids and the IMDS session-token ring. A cloud's
+ * fake is a FakeCloud table: it answers requests with that cloud's real paths
+ * and rules and keeps its own state in FakeServer.state. Private to the fake
+ * server; manager uses fake-server.h.
  */
 #pragma once
 
@@ -85,8 +87,60 @@ extern const FakeCloud fake_cloud_azure;
 
 uint64_t fake_now_monotonic_usec(void);
 uint64_t fake_now_realtime_usec(void);
-/** RFC 3339 in UTC with seconds, as AWS writes it: 2026-11-27T13:20:00Z. */
-int fake_format_time(uint64_t usec, char *buf, size_t size);
+
+/* The ways the clouds write a time, all UTC with seconds, in English whatever the locale. */
+typedef enum FakeTimeFormat {
+        FAKE_TIME_RFC3339,   /* "2026-11-27T13:20:00Z": AWS spot and rebalance, Alibaba */
+        FAKE_TIME_AWS_EVENT, /* "27 Nov 2026 13:20:00 GMT": AWS scheduled events */
+        FAKE_TIME_RFC1123,   /* "Fri, 27 Nov 2026 13:20:00 GMT": Azure Scheduled Events */
+        _FAKE_TIME_MAX,
+        _FAKE_TIME_INVALID = -EINVAL,
+} FakeTimeFormat;
+
+/** fake_format_time() - wall-clock @usec as @format into @buf. -EINVAL, -ENOBUFS when @size is too small. */
+int fake_format_time(uint64_t usec, FakeTimeFormat format, char *buf, size_t size);
+
+/**
+ * fake_random_hex() - @digits random lower-case hex digits and a NUL into
+ * @buf. -ENOBUFS when @size cannot hold them, -EIO without randomness.
+ */
+int fake_random_hex(char *buf, size_t size, size_t digits);
+
+/* ---- IMDS-style session tokens (AWS, Alibaba) ------------------------------ */
+
+#define FAKE_TOKENS_MAX 64
+#define FAKE_TOKEN_SIZE 64          /* a token's text and its NUL */
+#define FAKE_TOKEN_TTL_MAX 21600U   /* seconds; what IMDS allows */
+
+typedef struct FakeToken {
+        char value[FAKE_TOKEN_SIZE];
+        uint64_t expire_usec; /* monotonic; 0 = slot unused */
+} FakeToken;
+
+/* The tokens handed out, a ring: a new token replaces the oldest. Zeroed memory is an empty ring. */
+typedef struct FakeTokenRing {
+        FakeToken tokens[FAKE_TOKENS_MAX];
+        size_t next;
+} FakeTokenRing;
+
+/**
+ * fake_token_parse_ttl() - a TTL request header as IMDS takes it: decimal
+ * seconds 1..FAKE_TOKEN_TTL_MAX. -EINVAL, -ERANGE.
+ */
+int fake_token_parse_ttl(const char *s, unsigned *ret);
+
+/**
+ * fake_token_put() - answer PUT /latest/api/token: 403 when it came through
+ * a proxy (X-Forwarded-For), 400 without a valid @ttl_header, else a new
+ * token written by @make (500 when it cannot) that @ring keeps for the TTL,
+ * as text/plain; with @echo_ttl the answer carries @ttl_header with the TTL
+ * granted, as AWS's does.
+ */
+enum MHD_Result fake_token_put(FakeServer *s, const FakeRequest *req, FakeTokenRing *ring,
+                               const char *ttl_header, bool echo_ttl, bool (*make)(char *buf, size_t size));
+
+/** fake_token_valid() - @value is a token of @ring that has not expired (NULL and "" never are). */
+bool fake_token_valid(const FakeTokenRing *ring, const char *value);
 
 /** A request header, or NULL. */
 const char *fake_request_header(const FakeRequest *req, const char *name);
@@ -110,11 +164,21 @@ int fake_request_resumed(FakeServer *s, const FakeRequest *req);
 /** fake_resume() - wake every request parked on @topic (FAKE_TOPIC_ALL: all) and let MHD answer them. */
 void fake_resume(FakeServer *s, unsigned topic);
 
+/**
+ * fake_reply_headers() - queue an answer with Content-Type @type, the cloud's
+ * Server: header and then @headers, a NULL-terminated list of name, value
+ * pairs (or NULL).
+ */
+enum MHD_Result fake_reply_headers(FakeServer *s, const FakeRequest *req, unsigned status, const char *type,
+                                   const char *body, size_t size, const char *const *headers);
 /** fake_reply() - queue an answer; @header/@value add one more header (or NULL). */
 enum MHD_Result fake_reply(FakeServer *s, const FakeRequest *req, unsigned status, const char *type,
                            const char *body, size_t size, const char *header, const char *value);
 enum MHD_Result fake_reply_text(FakeServer *s, const FakeRequest *req, const char *text);
-/** fake_reply_json() - 200 with @o serialised by json-c (never hand-written). */
+/** fake_reply_json_status() - @status with @o serialised by json-c (never hand-written) as @type. */
+enum MHD_Result fake_reply_json_status(FakeServer *s, const FakeRequest *req, unsigned status,
+                                       const char *type, json_object *o);
+/** fake_reply_json() - 200 with @o as application/json. */
 enum MHD_Result fake_reply_json(FakeServer *s, const FakeRequest *req, json_object *o);
 /** fake_reply_error() - @status with a small error page; @allow sets Allow: for 405. */
 enum MHD_Result fake_reply_error(FakeServer *s, const FakeRequest *req, unsigned status, const char *allow);
@@ -123,3 +187,6 @@ static inline void json_unrefp(json_object **o) {
         if (*o)
                 (void) json_object_put(*o);
 }
+
+/** fake_json_add_string() - add member @key = @value (a copy) to @o. -ENOMEM. */
+int fake_json_add_string(json_object *o, const char *key, const char *value);

@@ -6,8 +6,10 @@
  * loop, and after every MHD_run() a uv_timer_t is armed from
  * MHD_get_timeout(), so MHD never needs a thread. Request bodies are
  * collected (bounded) and each complete request goes to the cloud's fake
- * (fake-aws.c, ...), which owns that cloud's paths and rules. It knows
- * nothing of plans and logs at debug level only.
+ * (fake-aws.c, ...), which owns that cloud's paths and rules; the helpers
+ * several fakes use (answers, time formats, random ids, the session-token
+ * ring of the IMDS copies) live here too. It knows nothing of plans and logs
+ * at debug level only.
  */
 #include <arpa/inet.h>
 #include <assert.h>
@@ -16,6 +18,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "fake-server-internal.h"
@@ -51,14 +54,118 @@ uint64_t fake_now_realtime_usec(void) {
         return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
 }
 
-int fake_format_time(uint64_t usec, char *buf, size_t size) {
+int fake_format_time(uint64_t usec, FakeTimeFormat format, char *buf, size_t size) {
+        /* Spelled out here so no locale can change them. */
+        static const char *const days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
+        static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                              "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
         time_t t = (time_t) (usec / USEC_PER_SEC);
         struct tm tm;
+        int n = -1;
 
-        if (!gmtime_r(&t, &tm))
+        if (!gmtime_r(&t, &tm) || tm.tm_wday < 0 || tm.tm_wday > 6 || tm.tm_mon < 0 || tm.tm_mon > 11)
                 return -EINVAL;
-        if (strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        switch (format) {
+        case FAKE_TIME_RFC3339:
+                n = snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+                break;
+        case FAKE_TIME_AWS_EVENT:
+                n = snprintf(buf, size, "%02d %s %04d %02d:%02d:%02d GMT", tm.tm_mday, months[tm.tm_mon],
+                             tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+                break;
+        case FAKE_TIME_RFC1123:
+                n = snprintf(buf, size, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday], tm.tm_mday,
+                             months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+                break;
+        case _FAKE_TIME_MAX:
+        case _FAKE_TIME_INVALID:
+                return -EINVAL;
+        }
+        if (n < 0 || (size_t) n >= size)
                 return -ENOBUFS;
+        return 0;
+}
+
+int fake_random_hex(char *buf, size_t size, size_t digits) {
+        static const char hex[] = "0123456789abcdef";
+        uint8_t raw[64];
+        size_t n = (digits + 1) / 2;
+
+        if (size <= digits || n > sizeof(raw))
+                return -ENOBUFS;
+        if (getrandom(raw, n, GRND_NONBLOCK) != (ssize_t) n)
+                return -EIO;
+        for (size_t i = 0; i < digits; i++)
+                buf[i] = hex[i % 2 == 0 ? raw[i / 2] >> 4 : raw[i / 2] & 15];
+        buf[digits] = 0;
+        return 0;
+}
+
+/* ---- session tokens ------------------------------------------------------ */
+
+int fake_token_parse_ttl(const char *s, unsigned *ret) {
+        unsigned long v = 0;
+
+        if (isempty(s))
+                return -EINVAL;
+        for (const char *p = s; *p; p++) {
+                if (*p < '0' || *p > '9')
+                        return -EINVAL;
+                v = v * 10 + (unsigned long) (*p - '0');
+                if (v > FAKE_TOKEN_TTL_MAX)
+                        return -ERANGE;
+        }
+        if (v < 1)
+                return -ERANGE;
+        *ret = (unsigned) v;
+        return 0;
+}
+
+enum MHD_Result fake_token_put(FakeServer *s, const FakeRequest *req, FakeTokenRing *ring,
+                               const char *ttl_header, bool echo_ttl, bool (*make)(char *buf, size_t size)) {
+        FakeToken *t;
+        unsigned ttl;
+        char buf[16];
+
+        /* IMDS and its copies refuse token requests that passed through a proxy. */
+        if (fake_request_header(req, "X-Forwarded-For"))
+                return fake_reply_error(s, req, MHD_HTTP_FORBIDDEN, NULL);
+        if (fake_token_parse_ttl(fake_request_header(req, ttl_header), &ttl) < 0)
+                return fake_reply_error(s, req, MHD_HTTP_BAD_REQUEST, NULL);
+
+        t = &ring->tokens[ring->next++ % FAKE_TOKENS_MAX];
+        if (!make(t->value, sizeof(t->value))) {
+                t->expire_usec = 0;
+                return fake_reply_error(s, req, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+        }
+        t->expire_usec = fake_now_monotonic_usec() + ttl * USEC_PER_SEC;
+
+        (void) snprintf(buf, sizeof(buf), "%u", ttl);
+        return fake_reply(s, req, MHD_HTTP_OK, "text/plain", t->value, strlen(t->value),
+                          echo_ttl ? ttl_header : NULL, echo_ttl ? buf : NULL);
+}
+
+bool fake_token_valid(const FakeTokenRing *ring, const char *value) {
+        uint64_t now = fake_now_monotonic_usec();
+
+        if (isempty(value))
+                return false;
+        for (size_t i = 0; i < FAKE_TOKENS_MAX; i++)
+                if (ring->tokens[i].expire_usec > now && streq(ring->tokens[i].value, value))
+                        return true;
+        return false;
+}
+
+int fake_json_add_string(json_object *o, const char *key, const char *value) {
+        json_object *v = json_object_new_string(value);
+
+        if (!v)
+                return -ENOMEM;
+        if (json_object_object_add(o, key, v) < 0) {
+                (void) json_object_put(v);
+                return -ENOMEM;
+        }
         return 0;
 }
 
@@ -116,8 +223,8 @@ const char *fake_request_arg(const FakeRequest *req, const char *name) {
 
 /* ---- responses ----------------------------------------------------------- */
 
-enum MHD_Result fake_reply(FakeServer *s, const FakeRequest *req, unsigned status, const char *type,
-                           const char *body, size_t size, const char *header, const char *value) {
+enum MHD_Result fake_reply_headers(FakeServer *s, const FakeRequest *req, unsigned status, const char *type,
+                                   const char *body, size_t size, const char *const *headers) {
         struct MHD_Response *resp;
         enum MHD_Result ret;
 
@@ -125,21 +232,33 @@ enum MHD_Result fake_reply(FakeServer *s, const FakeRequest *req, unsigned statu
         if (!resp)
                 return MHD_NO;
         if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type) != MHD_YES ||
-            MHD_add_response_header(resp, MHD_HTTP_HEADER_SERVER, s->vt->server_header) != MHD_YES ||
-            (header && MHD_add_response_header(resp, header, value) != MHD_YES)) {
-                MHD_destroy_response(resp);
-                return MHD_NO;
-        }
+            MHD_add_response_header(resp, MHD_HTTP_HEADER_SERVER, s->vt->server_header) != MHD_YES)
+                goto fail;
+        for (size_t i = 0; headers && headers[i]; i += 2)
+                if (MHD_add_response_header(resp, headers[i], headers[i + 1]) != MHD_YES)
+                        goto fail;
         ret = MHD_queue_response(req->connection, status, resp);
         MHD_destroy_response(resp);
         return ret;
+
+fail:
+        MHD_destroy_response(resp);
+        return MHD_NO;
+}
+
+enum MHD_Result fake_reply(FakeServer *s, const FakeRequest *req, unsigned status, const char *type,
+                           const char *body, size_t size, const char *header, const char *value) {
+        const char *const headers[] = { header, value, NULL };
+
+        return fake_reply_headers(s, req, status, type, body, size, header ? headers : NULL);
 }
 
 enum MHD_Result fake_reply_text(FakeServer *s, const FakeRequest *req, const char *text) {
         return fake_reply(s, req, MHD_HTTP_OK, "text/plain", text, strlen(text), NULL, NULL);
 }
 
-enum MHD_Result fake_reply_json(FakeServer *s, const FakeRequest *req, json_object *o) {
+enum MHD_Result fake_reply_json_status(FakeServer *s, const FakeRequest *req, unsigned status,
+                                       const char *type, json_object *o) {
         const char *text;
         size_t size;
 
@@ -150,7 +269,11 @@ enum MHD_Result fake_reply_json(FakeServer *s, const FakeRequest *req, json_obje
         if (!text)
                 return MHD_NO;
         /* fake_reply() copies the text before @o goes. */
-        return fake_reply(s, req, MHD_HTTP_OK, "application/json", text, size, NULL, NULL);
+        return fake_reply(s, req, status, type, text, size, NULL, NULL);
+}
+
+enum MHD_Result fake_reply_json(FakeServer *s, const FakeRequest *req, json_object *o) {
+        return fake_reply_json_status(s, req, MHD_HTTP_OK, "application/json", o);
 }
 
 /* The small XHTML page IMDS sends with its errors. */

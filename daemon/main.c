@@ -108,8 +108,8 @@ int main(int argc, char *argv[]) {
                 return 1;
         }
         if (check) {
-                printf("spotwatchd: %s: configuration is valid (%zu processes, %zu hooks)\n", path,
-                       config->n_processes, config->n_hooks);
+                printf("spotwatchd: %s: configuration is valid (%zu processes, %zu hooks, %zu uploads)\n", path,
+                       config->n_processes, config->n_hooks, config->n_uploads);
                 return 0;
         }
 

@@ -60,6 +60,9 @@ struct Manager {
         Plan *plan_closing;
         uv_timer_t plan_reaper;     /* frees a finished plan outside its own callbacks */
         Waiter *waiters;            /* trigger wait=yes clients, answered when the plan ends */
+        UploadStage *upload;        /* `spotwatchctl upload` by hand */
+        ControlClient *upload_client;
+        uv_timer_t upload_reaper;
         PlanSummary last_summary;
         bool have_summary;
 
@@ -705,6 +708,99 @@ static void cmd_done(Manager *m, ControlClient *c, const ControlRequest *req) {
         control_client_reply_ok(c);
 }
 
+static void on_manual_upload_object(UploadStage *s, const char *upload, const char *source, const char *object,
+                                    uint64_t bytes, uint64_t duration_usec, bool skipped, int error,
+                                    const char *detail, void *userdata) {
+        Manager *m = userdata;
+
+        report_upload(NULL, upload, source, object, bytes, duration_usec, skipped, error, detail);
+        if (m->upload_client)
+                control_client_reply_kv(m->upload_client, "object", "%s %s %s%s%s", object,
+                                        error < 0 ? "failed" : skipped ? "skipped" : "sent", error < 0 ? "(" : "",
+                                        error < 0 ? strna(detail) : "", error < 0 ? ")" : "");
+}
+
+static void on_manual_upload_manifest(UploadStage *s, int error, const char *detail, void *userdata) {
+        log_warning_errno(error, "Upload manifest: %s, going on (unchanged files may be sent again)",
+                          detail ? detail : "failed");
+}
+
+static void on_upload_reaper(uv_timer_t *t) {
+        Manager *m = container_of(t, Manager, upload_reaper);
+
+        if (m->upload) {
+                upload_stage_close(m->upload);
+                m->upload = NULL;
+        }
+}
+
+static void on_manual_upload_done(UploadStage *s, unsigned n_ok, unsigned n_skipped, unsigned n_failed,
+                                  uint64_t bytes, void *userdata) {
+        Manager *m = userdata;
+        ControlClient *c = TAKE_PTR(m->upload_client);
+
+        log_info("Upload by hand: %u sent, %u skipped, %u failed, %" PRIu64 " bytes", n_ok, n_skipped, n_failed,
+                 bytes);
+        /* Inside the stage's own callback: free it from the loop. */
+        (void) uv_timer_start(&m->upload_reaper, on_upload_reaper, 0, 0);
+        if (!c)
+                return;
+        if (control_client_is_connected(c)) {
+                control_client_reply_kv(c, "sent", "%u", n_ok);
+                control_client_reply_kv(c, "skipped", "%u", n_skipped);
+                control_client_reply_kv(c, "failed", "%u", n_failed);
+                control_client_reply_kv(c, "bytes", "%" PRIu64, bytes);
+                if (n_failed > 0)
+                        control_client_reply_error(c, "%u object(s) failed, see above and the journal", n_failed);
+                else
+                        control_client_reply_ok(c);
+        }
+        control_client_unref(c);
+}
+
+static void cmd_upload(Manager *m, ControlClient *c, const ControlRequest *req) {
+        static const UploadStageCallbacks cb = {
+                .on_object = on_manual_upload_object,
+                .on_done = on_manual_upload_done,
+                .on_manifest = on_manual_upload_manifest,
+        };
+        static const char *const keys[] = { "name", NULL };
+        const char *bad = NULL, *name;
+        bool found = false;
+        int r;
+
+        if (control_request_check_keys(req, keys, &bad) < 0)
+                return control_client_reply_error(c, "unknown argument '%s'", bad);
+        if (!client_privileged(m, c))
+                return control_client_reply_error(c, "permission denied (uid %u)", (unsigned) control_client_uid(c));
+        name = control_request_get(req, "name");
+        for (size_t i = 0; i < m->config->n_uploads; i++)
+                if (!name || streq(m->config->uploads[i].name, name))
+                        found = true;
+        if (!found)
+                return control_client_reply_error(c, name ? "no [upload \"%s\"] in the configuration"
+                                                          : "no [upload] sections in the configuration%s",
+                                                  name ? name : "");
+        if (m->plan || m->upload)
+                return control_client_reply_error(c, "busy: %s", m->plan ? "the response plan is running (it "
+                                                                          "uploads itself)"
+                                                                        : "an upload is already running");
+
+        r = upload_stage_new(&m->loop, m->config->uploads, m->config->n_uploads, name, m->config->state_dir,
+                             now_monotonic_usec() + m->config->default_deadline_usec, &cb, m, &m->upload);
+        if (r >= 0)
+                r = upload_stage_start(m->upload);
+        if (r < 0) {
+                if (m->upload) {
+                        upload_stage_close(m->upload);
+                        m->upload = NULL;
+                }
+                return control_client_reply_error(c, "could not start the upload: %s", strerror(-r));
+        }
+        log_info("Upload by hand (%s) from PID %d", name ? name : "all", (int) control_client_pid(c));
+        m->upload_client = control_client_ref(c);
+}
+
 static void on_control_request(ControlClient *c, const ControlRequest *req, void *userdata) {
         Manager *m = userdata;
 
@@ -717,6 +813,8 @@ static void on_control_request(ControlClient *c, const ControlRequest *req, void
                 cmd_fake_notice(m, c, req);
         else if (streq(req->command, "done"))
                 cmd_done(m, c, req);
+        else if (streq(req->command, "upload"))
+                cmd_upload(m, c, req);
         else if (streq(req->command, "ping"))
                 control_client_reply_ok(c);
         else
@@ -831,6 +929,16 @@ static void manager_stop(Manager *m, int code) {
         uv_close((uv_handle_t *) &m->sighup, NULL);
         uv_close((uv_handle_t *) &m->watchdog, NULL);
         uv_close((uv_handle_t *) &m->plan_reaper, NULL);
+        uv_close((uv_handle_t *) &m->upload_reaper, NULL);
+        if (m->upload) {
+                upload_stage_close(m->upload);
+                m->upload = NULL;
+        }
+        if (m->upload_client) {
+                if (control_client_is_connected(m->upload_client))
+                        control_client_reply_error(m->upload_client, "the daemon is stopping");
+                m->upload_client = control_client_unref(m->upload_client);
+        }
         if (m->plan_closing) {
                 plan_close(m->plan_closing);
                 m->plan_closing = NULL;
@@ -941,6 +1049,7 @@ int manager_run(Manager *m) {
                 return log_error_errno(r, "Failed to set up signal handling: %m");
         (void) uv_timer_init(&m->loop, &m->watchdog);
         (void) uv_timer_init(&m->loop, &m->plan_reaper);
+        (void) uv_timer_init(&m->loop, &m->upload_reaper);
 
         r = http_new(&m->loop, &m->http);
         if (r < 0) {

@@ -15,13 +15,13 @@
 
 #include "provider-alibaba.h"
 #include "provider-aws.h"
+#include "provider-util.h"
 #include "provider.h"
 #include "shared/macro.h"
 #include "shared/parse.h"
 
 #define ALIBABA_TOKEN_HEADER "X-aliyun-ecs-metadata-token"
 #define ALIBABA_TOKEN_TTL_HEADER "X-aliyun-ecs-metadata-token-ttl-seconds"
-#define ALIBABA_QUOTE_MAX 32
 
 typedef struct AlibabaProvider {
         Provider p;
@@ -38,14 +38,9 @@ int alibaba_parse_termination_time(const char *body, size_t size, NoticeEvent *r
 
         if (!body)
                 return -EBADMSG;
-        while (size > 0 && (body[size - 1] == '\n' || body[size - 1] == '\r' || body[size - 1] == ' ' ||
-                            body[size - 1] == '\t'))
-                size--;
-        if (size == 0 || size > ALIBABA_TIME_MAX)
+        size = provider_trim_end(body, size);
+        if (size == 0 || size > ALIBABA_TIME_MAX || !provider_visible_ascii(body, size))
                 return -EBADMSG;
-        for (size_t i = 0; i < size; i++)
-                if (body[i] <= 0x20 || body[i] >= 0x7f)
-                        return -EBADMSG;
         memcpy(buf, body, size);
         buf[size] = 0;
         if (parse_rfc3339(buf, &usec) < 0 || usec == 0)
@@ -68,15 +63,10 @@ static int endpoint_termination_time(Provider *p, const char *body, size_t size,
         assert(n_max >= 1);
         r = alibaba_parse_termination_time(body, size, &events[0]);
         if (r < 0) {
-                char q[ALIBABA_QUOTE_MAX + 1];
-                size_t n = MIN(size, (size_t) ALIBABA_QUOTE_MAX);
+                char q[PROVIDER_QUOTE_MAX + 8];
 
-                /* Untrusted: show a little of it, non-printables as '?'. */
-                for (size_t i = 0; i < n; i++)
-                        q[i] = body[i] >= 0x20 && body[i] < 0x7f ? body[i] : '?';
-                q[n] = 0;
-                (void) snprintf(err, errsz, "not a UTC time: '%s%s'", q, size > n ? "..." : "");
-                return r;
+                provider_quote_untrusted(q, sizeof(q), body, size);
+                return provider_set_error(err, errsz, "not a UTC time: '%s'", q);
         }
         *ret_n = 1;
         return 0;

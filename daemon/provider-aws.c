@@ -5,9 +5,12 @@
  * The engine (AwsImds) drives a poll cycle of sequential requests on one uv
  * timer: the session token, the instance id, then a flavour's endpoints, each
  * through its own reusable HttpRequest (see provider-aws.h for the cycle, the
- * token rule and the backoff). It owns the session token, the backoff state
- * and the timer; provider-alibaba.c runs it with Alibaba's header names and
- * endpoint. The AWS part is the parsers of AWS's answers and its endpoint
+ * endpoints' cadence, the token rule and the backoff). It owns the session
+ * token, the backoff state, when each endpoint is next due and the timer;
+ * provider-alibaba.c runs it with Alibaba's header names and endpoint.
+ * Instance-action is polled every cycle, the rebalance recommendation at most
+ * every 5 s and scheduled maintenance at most every 60 s, unless their kind
+ * is in [daemon] events. The AWS part is the parsers of AWS's answers and its endpoint
  * table: spot/instance-action, the rebalance recommendation, scheduled
  * maintenance events and, with aws_asg = yes, the Auto Scaling target
  * lifecycle state.
@@ -32,6 +35,7 @@
 #include <json-c/json.h>
 
 #include "provider-aws.h"
+#include "provider-util.h"
 #include "provider.h"
 #include "shared/log.h"
 #include "shared/macro.h"
@@ -40,7 +44,7 @@
 #define AWS_TOKEN_HEADER "X-aws-ec2-metadata-token"
 #define AWS_TOKEN_TTL_HEADER "X-aws-ec2-metadata-token-ttl-seconds"
 #define AWS_TOKEN_MAX 1024
-#define AWS_DETAIL_QUOTE_MAX 32
+#define AWS_QUOTE_SIZE (PROVIDER_QUOTE_MAX + 8)
 #define AWS_TIME_MAX 64
 #define AWS_EVENT_ID_MAX 64
 #define AWS_EVENT_CODE_MAX 64
@@ -82,6 +86,9 @@ struct AwsImds {
 
         unsigned instance_id_tries;
         unsigned failures;       /* failed cycles in a row */
+
+        /* Monotonic: an endpoint with a min_interval_usec is next due in a cycle starting then; 0: now. */
+        uint64_t due_usec[AWS_IMDS_ENDPOINTS_MAX];
 };
 
 typedef struct AwsProvider {
@@ -94,127 +101,23 @@ static AwsProvider *aws_from_provider(Provider *p) {
         return container_of(p, AwsProvider, p);
 }
 
-static uint64_t now_usec(clockid_t clock) {
-        struct timespec ts;
-
-        (void) clock_gettime(clock, &ts);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
-}
-
 /* ---- pure parts ------------------------------------------------------ */
 
-/* Copy at most AWS_DETAIL_QUOTE_MAX bytes of untrusted @s for a message, non-printables as '?'. */
-static void quote_untrusted(char *buf, size_t size, const char *s, size_t len) {
-        size_t n = MIN(len, (size_t) AWS_DETAIL_QUOTE_MAX), j = 0;
-
-        for (size_t i = 0; i < n && j + 1 < size; i++)
-                buf[j++] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
-        if (len > n)
-                for (size_t k = 0; k < 3 && j + 1 < size; k++)
-                        buf[j++] = '.';
-        buf[j] = 0;
-}
-
-static bool is_json_space(char c) {
-        return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
-static bool visible_ascii(const char *s, size_t size) {
-        for (size_t i = 0; i < size; i++)
-                if (s[i] <= 0x20 || s[i] >= 0x7f)
-                        return false;
-        return true;
-}
-
-_printf_(3, 4) static int set_error(char *err, size_t size, const char *fmt, ...) {
-        va_list ap;
-
-        if (err && size > 0) {
-                va_start(ap, fmt);
-                (void) vsnprintf(err, size, fmt, ap);
-                va_end(ap);
-        }
-        return -EBADMSG;
-}
-
-static void json_object_putp(json_object **o) {
-        if (*o)
-                (void) json_object_put(*o);
-}
-
-static void json_tokener_freep(json_tokener **t) {
-        if (*t)
-                json_tokener_free(*t);
-}
-
-/* Parse @body as exactly one JSON value of @type, with a nesting limit and nothing after it. */
-static int parse_json(const char *body, size_t size, json_type type, json_object **ret, char *err,
-                      size_t errsz) {
-        _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
-        _cleanup_(json_object_putp) json_object *o = NULL;
-        enum json_tokener_error jerr;
-        size_t end;
-
-        if (!body || size == 0)
-                return set_error(err, errsz, "empty body");
-        if (size > INT_MAX)
-                return set_error(err, errsz, "body too large");
-        /* json-c would stop at a NUL and never see what follows. */
-        if (memchr(body, 0, size))
-                return set_error(err, errsz, "NUL byte in body");
-
-        tok = json_tokener_new_ex(AWS_JSON_MAX_DEPTH);
-        if (!tok)
-                return -ENOMEM;
-        json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-
-        o = json_tokener_parse_ex(tok, body, (int) size);
-        jerr = json_tokener_get_error(tok);
-        if (jerr == json_tokener_continue)
-                return set_error(err, errsz, "invalid JSON: truncated");
-        if (jerr != json_tokener_success)
-                return set_error(err, errsz, "invalid JSON: %s", json_tokener_error_desc(jerr));
-        end = json_tokener_get_parse_end(tok);
-        for (; end < size; end++)
-                if (!is_json_space(body[end]))
-                        return set_error(err, errsz, "invalid JSON: data after the %s",
-                                         type == json_type_array ? "array" : "object");
-        if (!o || !json_object_is_type(o, type))
-                return set_error(err, errsz, "JSON is not an %s", type == json_type_array ? "array" : "object");
-
-        *ret = TAKE_PTR(o);
-        return 0;
-}
-
 /*
- * A string member of @o without embedded NULs ("\u0000" decodes to one).
- * With @optional, a missing member is fine: *@ret is NULL then.
+ * JSON members as AWS serves them: a missing required member or a null one
+ * is an error; an optional one may be missing, then *@ret is NULL.
  */
 static int get_string_member_full(json_object *o, const char *key, bool optional, const char **ret,
                                   size_t *ret_len, char *err, size_t errsz) {
-        json_object *v;
-        const char *s;
-        int len;
+        int r;
 
-        if (!json_object_object_get_ex(o, key, &v)) {
-                if (!optional)
-                        return set_error(err, errsz, "missing \"%s\"", key);
+        r = provider_json_get_string(o, NULL, key, optional ? PROVIDER_JSON_OPTIONAL : 0, ret, ret_len, err,
+                                     errsz);
+        if (r == 0) {
                 *ret = NULL;
                 *ret_len = 0;
-                return 0;
         }
-        if (!v)
-                return set_error(err, errsz, "\"%s\" is null", key);
-        if (!json_object_is_type(v, json_type_string))
-                return set_error(err, errsz, "\"%s\" is not a string", key);
-        s = json_object_get_string(v);
-        len = json_object_get_string_len(v);
-        if (!s || len < 0 || strlen(s) != (size_t) len)
-                return set_error(err, errsz, "NUL in \"%s\"", key);
-
-        *ret = s;
-        *ret_len = (size_t) len;
-        return 0;
+        return r < 0 ? r : 0;
 }
 
 static int get_string_member(json_object *o, const char *key, const char **ret, size_t *ret_len, char *err,
@@ -224,7 +127,7 @@ static int get_string_member(json_object *o, const char *key, const char **ret, 
 
 static int get_time_member(json_object *o, const char *key, uint64_t *ret_usec, char *ret_norm, size_t normsz,
                            char *err, size_t errsz) {
-        char q[AWS_DETAIL_QUOTE_MAX + 8];
+        char q[AWS_QUOTE_SIZE];
         const char *s;
         size_t len;
         uint64_t usec;
@@ -234,8 +137,8 @@ static int get_time_member(json_object *o, const char *key, uint64_t *ret_usec, 
         if (r < 0)
                 return r;
         if (len > AWS_TIME_MAX || parse_rfc3339(s, &usec) < 0 || usec == 0) {
-                quote_untrusted(q, sizeof(q), s, len);
-                return set_error(err, errsz, "invalid \"%s\" '%s'", key, q);
+                provider_quote_untrusted(q, sizeof(q), s, len);
+                return provider_set_error(err, errsz, "invalid \"%s\" '%s'", key, q);
         }
 
         format_rfc3339(ret_norm, normsz, usec);
@@ -253,13 +156,13 @@ static int parse_instance_action(const char *body, size_t size, NoticeEvent *ret
                 { "hibernate", EVENT_HIBERNATE },
         };
         _cleanup_(json_object_putp) json_object *o = NULL;
-        char q[AWS_DETAIL_QUOTE_MAX + 8], norm[AWS_TIME_MAX];
+        char q[AWS_QUOTE_SIZE], norm[AWS_TIME_MAX];
         const char *action;
         size_t len, i;
         uint64_t usec;
         int r;
 
-        r = parse_json(body, size, json_type_object, &o, err, errsz);
+        r = provider_json_parse(body, size, json_type_object, AWS_JSON_MAX_DEPTH, &o, err, errsz);
         if (r < 0)
                 return r;
         r = get_string_member(o, "action", &action, &len, err, errsz);
@@ -269,8 +172,8 @@ static int parse_instance_action(const char *body, size_t size, NoticeEvent *ret
                 if (streq(actions[i].action, action))
                         break;
         if (i >= ELEMENTSOF(actions)) {
-                quote_untrusted(q, sizeof(q), action, len);
-                return set_error(err, errsz, "unknown action '%s'", q);
+                provider_quote_untrusted(q, sizeof(q), action, len);
+                return provider_set_error(err, errsz, "unknown action '%s'", q);
         }
         /* Any time, even a past one: hibernation comes without a lead, and the plan gets what is left. */
         r = get_time_member(o, "time", &usec, norm, sizeof(norm), err, errsz);
@@ -293,7 +196,7 @@ static int parse_rebalance(const char *body, size_t size, NoticeEvent *ret, char
         uint64_t usec;
         int r;
 
-        r = parse_json(body, size, json_type_object, &o, err, errsz);
+        r = provider_json_parse(body, size, json_type_object, AWS_JSON_MAX_DEPTH, &o, err, errsz);
         if (r < 0)
                 return r;
         r = get_time_member(o, "noticeTime", &usec, norm, sizeof(norm), err, errsz);
@@ -310,74 +213,19 @@ static int parse_rebalance(const char *body, size_t size, NoticeEvent *ret, char
         return 0;
 }
 
-/* Exactly @n decimal digits at *@s, advancing it. */
-static bool take_digits(const char **s, unsigned n, int *ret) {
-        int v = 0;
-
-        for (unsigned i = 0; i < n; i++) {
-                if ((*s)[i] < '0' || (*s)[i] > '9')
-                        return false;
-                v = v * 10 + ((*s)[i] - '0');
-        }
-        *s += n;
-        *ret = v;
-        return true;
-}
-
-static bool take_char(const char **s, char c) {
-        if (**s != c)
-                return false;
-        (*s)++;
-        return true;
-}
-
-static bool leap_year(int y) {
-        return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-}
-
 int aws_parse_event_time(const char *s, uint64_t *ret_usec) {
-        static const char months[12][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
-        static const int mdays[12] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-        int day, month = -1, year, hour, minute, second;
-        struct tm tm = {};
-        time_t t;
+        uint64_t usec;
 
         if (!s)
                 return -EINVAL;
         /* "21 Jan 2019 09:00:43 GMT"; AWS writes "1 Feb" as well as "01 Feb". */
-        if (s[0] >= '0' && s[0] <= '9' && s[1] == ' ') {
-                day = s[0] - '0';
-                s++;
-        } else if (!take_digits(&s, 2, &day))
+        if (provider_parse_date_time(&s, &usec) < 0 || !streq(s, " GMT"))
                 return -EINVAL;
-        if (!take_char(&s, ' '))
-                return -EINVAL;
-        for (int i = 0; i < 12; i++)
-                if (strncmp(s, months[i], 3) == 0)
-                        month = i;
-        if (month < 0)
-                return -EINVAL;
-        s += 3;
-        if (!take_char(&s, ' ') || !take_digits(&s, 4, &year) || !take_char(&s, ' ') ||
-            !take_digits(&s, 2, &hour) || !take_char(&s, ':') || !take_digits(&s, 2, &minute) ||
-            !take_char(&s, ':') || !take_digits(&s, 2, &second) || !streq(s, " GMT"))
-                return -EINVAL;
-        if (year < 1970 || day < 1 || day > mdays[month] + (month == 1 && leap_year(year)) || hour > 23 ||
-            minute > 59 || second > 59)
+        /* The epoch itself is no time AWS would schedule anything for. */
+        if (usec == 0)
                 return -EINVAL;
 
-        tm.tm_year = year - 1900;
-        tm.tm_mon = month;
-        tm.tm_mday = day;
-        tm.tm_hour = hour;
-        tm.tm_min = minute;
-        tm.tm_sec = second;
-        t = timegm(&tm);
-        if (t <= 0)
-                return -EINVAL;
-
-        *ret_usec = (uint64_t) t * USEC_PER_SEC;
+        *ret_usec = usec;
         return 0;
 }
 
@@ -386,13 +234,13 @@ static int parse_maintenance_event(json_object *o, size_t index, NoticeEvent *re
                                    size_t errsz) {
         static const char *const optional[] = { "Description", "NotAfter" };
         const char *code, *id, *state, *not_before, *s;
-        char q[AWS_DETAIL_QUOTE_MAX + 8];
+        char q[AWS_QUOTE_SIZE];
         size_t code_len, id_len, state_len, not_before_len, len;
         uint64_t usec;
         int r;
 
         if (!json_object_is_type(o, json_type_object))
-                return set_error(err, errsz, "event %zu is not an object", index);
+                return provider_set_error(err, errsz, "event %zu is not an object", index);
         r = get_string_member(o, "Code", &code, &code_len, err, errsz);
         if (r >= 0)
                 r = get_string_member(o, "EventId", &id, &id_len, err, errsz);
@@ -404,13 +252,13 @@ static int parse_maintenance_event(json_object *o, size_t index, NoticeEvent *re
                 r = get_string_member_full(o, optional[i], true, &s, &len, err, errsz);
         if (r < 0)
                 return r;
-        if (id_len == 0 || id_len > AWS_EVENT_ID_MAX || !visible_ascii(id, id_len)) {
-                quote_untrusted(q, sizeof(q), id, id_len);
-                return set_error(err, errsz, "invalid \"EventId\" '%s'", q);
+        if (id_len == 0 || id_len > AWS_EVENT_ID_MAX || !provider_visible_ascii(id, id_len)) {
+                provider_quote_untrusted(q, sizeof(q), id, id_len);
+                return provider_set_error(err, errsz, "invalid \"EventId\" '%s'", q);
         }
-        if (code_len == 0 || code_len > AWS_EVENT_CODE_MAX || !visible_ascii(code, code_len)) {
-                quote_untrusted(q, sizeof(q), code, code_len);
-                return set_error(err, errsz, "invalid \"Code\" '%s'", q);
+        if (code_len == 0 || code_len > AWS_EVENT_CODE_MAX || !provider_visible_ascii(code, code_len)) {
+                provider_quote_untrusted(q, sizeof(q), code, code_len);
+                return provider_set_error(err, errsz, "invalid \"Code\" '%s'", q);
         }
 
         /* Only active events concern us; canceled and completed ones stay in the list for a while. */
@@ -419,10 +267,10 @@ static int parse_maintenance_event(json_object *o, size_t index, NoticeEvent *re
                 return 0;
         }
         if (!not_before)
-                return set_error(err, errsz, "active event '%s' has no \"NotBefore\"", id);
+                return provider_set_error(err, errsz, "active event '%s' has no \"NotBefore\"", id);
         if (not_before_len > AWS_TIME_MAX || aws_parse_event_time(not_before, &usec) < 0) {
-                quote_untrusted(q, sizeof(q), not_before, not_before_len);
-                return set_error(err, errsz, "invalid \"NotBefore\" '%s'", q);
+                provider_quote_untrusted(q, sizeof(q), not_before, not_before_len);
+                return provider_set_error(err, errsz, "invalid \"NotBefore\" '%s'", q);
         }
 
         *ret = (NoticeEvent) {
@@ -445,14 +293,14 @@ static int parse_maintenance(const char *body, size_t size, NoticeEvent *ret_eve
         int r;
 
         /* No events may also come as an empty answer. */
-        for (k = 0; k < size && body && is_json_space(body[k]); k++)
+        for (k = 0; k < size && body && provider_is_space(body[k]); k++)
                 ;
         if (body && k == size) {
                 *ret_n = 0;
                 return 0;
         }
 
-        r = parse_json(body, size, json_type_array, &a, err, errsz);
+        r = provider_json_parse(body, size, json_type_array, AWS_JSON_MAX_DEPTH, &a, err, errsz);
         if (r < 0)
                 return r;
         n_all = json_object_array_length(a);
@@ -488,15 +336,14 @@ static bool word_is(const char *s, size_t size, const char *word) {
 }
 
 static int parse_lifecycle_state(const char *body, size_t size, bool *ret_terminated, char *err, size_t errsz) {
-        char q[AWS_DETAIL_QUOTE_MAX + 8];
+        char q[AWS_QUOTE_SIZE];
 
         if (!body || size == 0)
-                return set_error(err, errsz, "empty body");
-        while (size > 0 && is_json_space(body[size - 1]))
-                size--;
+                return provider_set_error(err, errsz, "empty body");
+        size = provider_trim_end(body, size);
         if (!lifecycle_word(body, size)) {
-                quote_untrusted(q, sizeof(q), body, size);
-                return set_error(err, errsz, "not a lifecycle state: '%s'", q);
+                provider_quote_untrusted(q, sizeof(q), body, size);
+                return provider_set_error(err, errsz, "not a lifecycle state: '%s'", q);
         }
 
         /* Other states (InService, Warmed:Stopped, one AWS adds later) mean no notice. */
@@ -565,16 +412,12 @@ uint64_t aws_token_refresh_margin_usec(uint64_t ttl_usec, uint64_t poll_interval
 }
 
 uint64_t aws_backoff_usec(uint64_t poll_interval_usec, unsigned failures) {
-        uint64_t cap = MAX(poll_interval_usec, AWS_BACKOFF_CAP_USEC), d = poll_interval_usec;
-
-        for (unsigned i = 0; i < failures && d < cap; i++)
-                d = d > cap / 2 ? cap : 2 * d;
-        return MIN(d, cap);
+        return provider_backoff_usec(poll_interval_usec, failures, AWS_BACKOFF_CAP_USEC);
 }
 
 /* Instance ids look like "i-0123456789abcdef0"; accept any short run of visible ASCII. */
 static bool instance_id_valid(const char *s, size_t size) {
-        return size > 0 && size <= AWS_INSTANCE_ID_MAX && visible_ascii(s, size);
+        return size > 0 && size <= AWS_INSTANCE_ID_MAX && provider_visible_ascii(s, size);
 }
 
 /* ---- the poll cycle -------------------------------------------------- */
@@ -613,6 +456,31 @@ static bool step_enabled(const AwsImds *m, size_t step) {
         return !e->enabled || e->enabled(m->p->config);
 }
 
+/*
+ * Whether @step belongs in the cycle in progress. An advance warning
+ * (rebalance, scheduled maintenance) is polled at most every
+ * min_interval_usec, because each GET costs CPU while the machine idles,
+ * unless its kind starts the plan ([daemon] events) and so deserves the
+ * instance-action cadence.
+ */
+static bool step_due(const AwsImds *m, size_t step) {
+        const AwsImdsEndpoint *e;
+
+        if (step < STEP_ENDPOINT)
+                return true;
+        e = &m->flavor->endpoints[step - STEP_ENDPOINT];
+        if (e->min_interval_usec == 0 || (e->every_cycle_events & m->p->config->events_mask))
+                return true;
+        return m->cycle_start_usec >= m->due_usec[step - STEP_ENDPOINT];
+}
+
+/* @step got an answer (200 that parsed, or 404): it may rest for its interval from this cycle's start. */
+static void step_answered(AwsImds *m, size_t step) {
+        const AwsImdsEndpoint *e = &m->flavor->endpoints[step - STEP_ENDPOINT];
+
+        m->due_usec[step - STEP_ENDPOINT] = m->cycle_start_usec + e->min_interval_usec;
+}
+
 static bool imds_token_enabled(const AwsImds *m) {
         return !m->flavor->token_enabled || m->flavor->token_enabled(m->p->config);
 }
@@ -622,8 +490,7 @@ static bool imds_tokenless_allowed(const AwsImds *m) {
 }
 
 static uint64_t imds_poll_interval(const AwsImds *m) {
-        /* A zero interval would spin; config checks should not let one through. */
-        return MAX(m->p->config->poll_interval_usec, USEC_PER_MSEC);
+        return provider_poll_interval_usec(m->p->config);
 }
 
 static uint64_t imds_asked_ttl_sec(const AwsImds *m) {
@@ -636,23 +503,6 @@ static void imds_drop_token(AwsImds *m) {
         free(m->token_header);
         m->token_header = NULL;
         m->token_expiry_usec = 0;
-}
-
-static const char *transport_error_to_string(int error) {
-        switch (error) {
-        case -ETIMEDOUT:
-                return "timed out";
-        case -ECONNREFUSED:
-                return "connection refused";
-        case -ECONNRESET:
-                return "connection reset";
-        case -EPROTO:
-                return "not an HTTP answer";
-        case -EHOSTUNREACH:
-                return "host unreachable";
-        default:
-                return NULL;
-        }
 }
 
 /* Note a failure; on_poll reports the first one of the cycle. */
@@ -673,44 +523,30 @@ _printf_(4, 5) static void imds_cycle_fail(AwsImds *m, int error, const char *wh
 }
 
 static void imds_cycle_fail_transport(AwsImds *m, int error, size_t step) {
-        const char *s = transport_error_to_string(error);
-
         if (error == -EFBIG)
                 imds_cycle_fail(m, error, step_what(m, step), "body over the %zu KiB cap",
                                 step_max_body(m, step) / 1024);
-        else if (s)
-                imds_cycle_fail(m, error, step_what(m, step), "%s", s);
         else
-                imds_cycle_fail(m, error, step_what(m, step), "%s", strerror(-error));
-}
-
-static int http_status_to_errno(long status) {
-        if (status == 401 || status == 403)
-                return -EACCES;
-        if (status == 429)
-                return -EBUSY;
-        return -EIO;
+                imds_cycle_fail(m, error, step_what(m, step), "%s",
+                                provider_transport_error_to_string(error));
 }
 
 static void imds_arm_timer(AwsImds *m, uint64_t delay_usec) {
-        uint64_t ms = delay_usec / USEC_PER_MSEC + (delay_usec % USEC_PER_MSEC != 0);
         int r;
 
         if (!m->running)
                 return;
-        r = uv_timer_start(&m->timer, imds_timer_cb, ms, 0);
+        r = uv_timer_start(&m->timer, imds_timer_cb, provider_timeout_ms(delay_usec), 0);
         if (r < 0)
                 log_debug_errno(r, "%s: cannot arm the poll timer: %m", m->flavor->name);
 }
 
 static void imds_cycle_finish(AwsImds *m) {
         Provider *p = m->p;
-        uint64_t now = now_usec(CLOCK_MONOTONIC), interval = imds_poll_interval(m), delay;
+        uint64_t now = provider_now_usec(CLOCK_MONOTONIC), interval = imds_poll_interval(m), delay;
 
         m->in_cycle = false;
-        p->polls++;
-        p->last_poll_usec = now_usec(CLOCK_REALTIME);
-        p->last_poll_error = m->cycle_error;
+        provider_count_poll(p, m->cycle_error);
 
         if (m->cycle_error < 0) {
                 if (m->failures < 64)
@@ -771,7 +607,7 @@ static void imds_cycle_run(AwsImds *m, size_t from) {
         for (size_t s = MAX(from, (size_t) STEP_INSTANCE_ID); s < m->n_steps; s++) {
                 if (s == STEP_INSTANCE_ID && (m->p->instance_id || m->instance_id_tries >= AWS_INSTANCE_ID_TRIES))
                         continue;
-                if (!step_enabled(m, s))
+                if (!step_enabled(m, s) || !step_due(m, s))
                         continue;
                 r = imds_start_get(m, s);
                 if (r >= 0)
@@ -798,7 +634,7 @@ static void imds_cycle_start(AwsImds *m) {
 
         assert(!m->in_cycle);
         m->in_cycle = true;
-        m->cycle_start_usec = now_usec(CLOCK_MONOTONIC);
+        m->cycle_start_usec = provider_now_usec(CLOCK_MONOTONIC);
         m->cycle_error = 0;
         m->cycle_what = NULL;
         m->cycle_detail[0] = 0;
@@ -810,7 +646,7 @@ static void imds_cycle_start(AwsImds *m) {
                 m->tokenless_mode = false;
         }
 
-        if (imds_token_needed(m, now_usec(CLOCK_BOOTTIME))) {
+        if (imds_token_needed(m, provider_now_usec(CLOCK_BOOTTIME))) {
                 r = imds_start_token(m, STEP_INSTANCE_ID);
                 if (r < 0) {
                         imds_cycle_fail(m, r, step_what(m, STEP_TOKEN), "cannot start request: %s",
@@ -832,15 +668,15 @@ static void imds_timer_cb(uv_timer_t *t) {
 
 /* Keep the token in @body for the TTL the answer grants (@ttl_value), else for the asked one. */
 static int imds_take_token(AwsImds *m, const char *body, size_t size, const char *ttl_value, uint64_t now) {
-        _cleanup_free_ char *header = NULL;
+        _cleanup_free_ char *token = NULL, *header = NULL;
         uint64_t ttl;
+        int r;
 
         /* Tolerate a trailing newline; the token goes into a header, so nothing else odd. */
-        while (size > 0 && is_json_space(body[size - 1]))
-                size--;
-        if (size == 0 || size > AWS_TOKEN_MAX || !visible_ascii(body, size))
-                return -EBADMSG;
-        if (asprintf(&header, "%s: %.*s", m->flavor->token_header, (int) size, body) < 0)
+        r = provider_parse_word(body, size, AWS_TOKEN_MAX, &token);
+        if (r < 0)
+                return r;
+        if (asprintf(&header, "%s: %s", m->flavor->token_header, token) < 0)
                 return -ENOMEM;
         if (aws_parse_token_ttl(ttl_value, &ttl) < 0) {
                 log_debug("%s: token answer has no valid TTL header, assuming the asked %" PRIu64 " s",
@@ -861,7 +697,7 @@ static int imds_take_token(AwsImds *m, const char *body, size_t size, const char
 static void imds_on_token(AwsImds *m, int error, long status, const char *body, size_t size,
                           const char *ttl_value) {
         const char *what = step_what(m, STEP_TOKEN);
-        uint64_t now = now_usec(CLOCK_BOOTTIME);
+        uint64_t now = provider_now_usec(CLOCK_BOOTTIME);
         int r;
 
         if (error < 0)
@@ -889,7 +725,7 @@ static void imds_on_token(AwsImds *m, int error, long status, const char *body, 
                 imds_cycle_finish(m);
                 return;
         } else
-                imds_cycle_fail(m, http_status_to_errno(status), what, "HTTP %ld", status);
+                imds_cycle_fail(m, provider_http_status_to_errno(status), what, "HTTP %ld", status);
 
         /* A failed refresh is not the end: the old token is good until it expires. */
         if (m->token_header && now < m->token_expiry_usec) {
@@ -967,15 +803,18 @@ static void imds_on_get(AwsImds *m, size_t step, int error, long status, const c
                 imds_cycle_fail_transport(m, error, step);
         else if (status == 404) {
                 log_debug("%s: %s: none", m->flavor->name, what);
+                step_answered(m, step);
                 if (e->absent)
                         e->absent(p);
         } else if (status != 200)
-                imds_cycle_fail(m, http_status_to_errno(status), what, "HTTP %ld", status);
+                imds_cycle_fail(m, provider_http_status_to_errno(status), what, "HTTP %ld", status);
         else {
                 r = e->parse(p, body, size, events, ELEMENTSOF(events), &n, err, sizeof(err));
                 if (r < 0)
                         imds_cycle_fail(m, r, what, "%s", r == -EBADMSG ? err : strerror(-r));
-                else if (n == 0)
+                else
+                        step_answered(m, step);
+                if (r >= 0 && n == 0)
                         log_debug("%s: %s: none", m->flavor->name, what);
                 for (size_t i = 0; r >= 0 && i < n; i++) {
                         log_debug("%s: %s: %s", m->flavor->name, what, events[i].id);
@@ -1058,18 +897,17 @@ int aws_imds_start(AwsImds *m) {
 
         if (m->running)
                 return 0;
-        /* A request cancelled by stop() may still wait to report it; don't let it block a restart. */
-        for (size_t s = 0; s < m->n_steps; s++)
-                if (http_request_is_running(m->req[s]) > 0) {
-                        m->req[s] = http_request_free(m->req[s]);
-                        r = http_request_new(m->p->http, step_what(m, s), &m->req[s]);
-                        if (r < 0)
-                                return r;
-                }
+        for (size_t s = 0; s < m->n_steps; s++) {
+                r = provider_request_renew(m->p->http, step_what(m, s), &m->req[s]);
+                if (r < 0)
+                        return r;
+        }
 
         m->running = true;
         m->in_cycle = false;
         m->failures = 0;
+        /* The first cycle after a start polls every endpoint. */
+        memset(m->due_usec, 0, sizeof(m->due_usec));
         r = uv_timer_start(&m->timer, imds_timer_cb, 0, 0);
         if (r < 0) {
                 m->running = false;
@@ -1152,7 +990,7 @@ static int endpoint_lifecycle_state(Provider *p, const char *body, size_t size, 
         }
         /* The same "Terminated" on every poll is one notice: its id carries when it was first seen. */
         if (a->asg_terminated_usec == 0)
-                a->asg_terminated_usec = now_usec(CLOCK_REALTIME);
+                a->asg_terminated_usec = provider_now_usec(CLOCK_REALTIME);
         aws_asg_event(p->instance_id, a->asg_terminated_usec, &events[0]);
         *ret_n = 1;
         return 0;
@@ -1180,12 +1018,16 @@ static const AwsImdsEndpoint aws_endpoints[] = {
         {
                 .path = "/latest/meta-data/events/recommendations/rebalance",
                 .what = "events/recommendations/rebalance",
+                .min_interval_usec = AWS_REBALANCE_INTERVAL_USEC,
+                .every_cycle_events = EVENT_MASK(EVENT_REBALANCE),
                 .parse = endpoint_rebalance,
         },
         {
                 .path = "/latest/meta-data/events/maintenance/scheduled",
                 .what = "events/maintenance/scheduled",
                 .max_body = AWS_MAINTENANCE_MAX_BODY,
+                .min_interval_usec = AWS_MAINTENANCE_INTERVAL_USEC,
+                .every_cycle_events = EVENT_MASK(EVENT_MAINTENANCE),
                 .parse = endpoint_maintenance,
         },
         {

@@ -12,11 +12,21 @@
  *
  *   [PUT  /latest/api/token]                        when no token or it expires soon
  *   [GET  /latest/meta-data/instance-id]            until known, at most AWS_INSTANCE_ID_TRIES cycles
- *    GET  the flavour's endpoints, in order; for AWS:
- *           /latest/meta-data/spot/instance-action
- *           /latest/meta-data/events/recommendations/rebalance
- *           /latest/meta-data/events/maintenance/scheduled
- *          [/latest/meta-data/autoscaling/target-lifecycle-state]   only with aws_asg = yes
+ *    GET  the flavour's endpoints that are due, in order; for AWS:
+ *           /latest/meta-data/spot/instance-action               every cycle
+ *          [/latest/meta-data/events/recommendations/rebalance]  at most every AWS_REBALANCE_INTERVAL_USEC
+ *          [/latest/meta-data/events/maintenance/scheduled]      at most every AWS_MAINTENANCE_INTERVAL_USEC
+ *          [/latest/meta-data/autoscaling/target-lifecycle-state]   every cycle, only with aws_asg = yes
+ *
+ * Idle polling costs CPU per request, and only instance-action is the
+ * two-minute notice; a rebalance recommendation and scheduled maintenance
+ * come minutes to days ahead. So those two are polled at most every 5 s and
+ * every 60 s, unless their kind (rebalance, maintenance) is listed in
+ * [daemon] events, where they start the plan and are polled every cycle
+ * like instance-action. The first cycle after start polls every endpoint. An
+ * endpoint whose last poll failed (transport error, unexpected status, bad
+ * body) is polled again in the next cycle; one that answered (200 or 404)
+ * waits its interval from the start of that cycle.
  *
  * A 404 on an endpoint means "nothing there" and is no error (outside an
  * Auto Scaling group the lifecycle state is always 404).
@@ -53,6 +63,8 @@ typedef struct Provider Provider;
 #define AWS_BACKOFF_CAP_USEC (5 * USEC_PER_SEC)
 #define AWS_IMDS_ENDPOINTS_MAX 8           /* endpoints a flavour may poll per cycle */
 #define AWS_IMDS_EVENTS_MAX 16             /* notices one answer may carry */
+#define AWS_REBALANCE_INTERVAL_USEC (5 * USEC_PER_SEC)    /* unless rebalance is in [daemon] events */
+#define AWS_MAINTENANCE_INTERVAL_USEC (60 * USEC_PER_SEC) /* unless maintenance is in [daemon] events */
 
 /**
  * aws_parse_instance_action() - parse a spot/instance-action body,
@@ -145,13 +157,17 @@ uint64_t aws_backoff_usec(uint64_t poll_interval_usec, unsigned failures);
  * One GET of the cycle. @parse turns a 200 answer into notices; it gets the
  * provider so it may keep state across polls (e.g. when a state was first
  * seen). @absent, if set, hears of a 404 ("nothing there"), which is never an
- * error.
+ * error. An endpoint with @min_interval_usec is polled at most that often
+ * (see the cycle above) unless config->events_mask has one of the
+ * @every_cycle_events bits.
  */
 typedef struct AwsImdsEndpoint {
         const char *path;                         /* "/latest/meta-data/spot/instance-action" */
         const char *what;                         /* for on_poll and debug logs */
         size_t max_body;                          /* 0: AWS_MAX_BODY */
         bool (*enabled)(const Config *config);    /* NULL: always polled */
+        uint64_t min_interval_usec;               /* 0: every cycle */
+        unsigned every_cycle_events;              /* EVENT_MASK()s that make it every cycle after all */
         /* Up to @n_max notices into @events and their count into *@ret_n; -EBADMSG with a message in @err. */
         int (*parse)(Provider *p, const char *body, size_t size, NoticeEvent *events, size_t n_max,
                      size_t *ret_n, char *err, size_t errsz);

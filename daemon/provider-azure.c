@@ -20,14 +20,13 @@
  * log and rate-limit. Callbacks may call provider_stop() but must not free
  * the provider.
  *
- * The timer lives in its own small AzureTimer block that frees itself in its
- * close callback, so provider_free() can release the provider at once.
+ * The timer is a ProviderTimer (provider-util.h), a small block that frees
+ * itself in its close callback, so provider_free() can release the provider
+ * at once.
  */
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <limits.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -36,6 +35,7 @@
 #include <json-c/json.h>
 
 #include "provider-azure.h"
+#include "provider-util.h"
 #include "provider.h"
 #include "shared/log.h"
 #include "shared/macro.h"
@@ -43,7 +43,7 @@
 #define AZURE_METADATA_HEADER "Metadata: true"
 #define AZURE_CONTENT_TYPE_JSON "Content-Type: application/json"
 #define AZURE_NOTICE_PREFIX "azure:"
-#define AZURE_QUOTE_MAX 32
+#define AZURE_QUOTE_SIZE (PROVIDER_QUOTE_MAX + 8)
 
 typedef enum AzureJob {
         AZURE_JOB_ACK,    /* first: a tie goes to the job listed first */
@@ -72,11 +72,6 @@ static const struct {
 
 typedef struct AzureProvider AzureProvider;
 
-typedef struct AzureTimer {
-        uv_timer_t handle;
-        AzureProvider *owner; /* NULL once the provider let go of it */
-} AzureTimer;
-
 /* An event of this VM from the last document, to tell a cancellation from an end. */
 typedef struct AzureTracked {
         NoticeEvent ev;           /* as reported; its deadline stays as first computed */
@@ -89,7 +84,7 @@ typedef struct AzureTracked {
 struct AzureProvider {
         Provider p;
 
-        AzureTimer *timer;
+        ProviderTimer *timer;       /* its owner is the provider */
         char *url[_AZURE_JOB_MAX];
         HttpRequest *req[_AZURE_JOB_MAX];
         bool running;
@@ -123,13 +118,6 @@ struct AzureProvider {
 
 static AzureProvider *azure_from_provider(Provider *p) {
         return container_of(p, AzureProvider, p);
-}
-
-static uint64_t now_usec(clockid_t clock) {
-        struct timespec ts;
-
-        (void) clock_gettime(clock, &ts);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
 }
 
 /* ---- pure parts ------------------------------------------------------ */
@@ -169,33 +157,8 @@ const char *azure_event_status_to_string(AzureEventStatus s) {
         return azure_event_status_table[s];
 }
 
-/* Copy at most AZURE_QUOTE_MAX bytes of untrusted @s for a message, non-printables as '?'. */
-static void quote_untrusted(char *buf, size_t size, const char *s, size_t len) {
-        size_t n = MIN(len, (size_t) AZURE_QUOTE_MAX), j = 0;
-
-        if (size == 0)
-                return;
-        for (size_t i = 0; i < n && j + 1 < size; i++)
-                buf[j++] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
-        if (len > n)
-                for (size_t k = 0; k < 3 && j + 1 < size; k++)
-                        buf[j++] = '.';
-        buf[j] = 0;
-}
-
-static bool is_json_space(char c) {
-        return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
-static bool visible_ascii(const char *s, size_t size) {
-        for (size_t i = 0; i < size; i++)
-                if (s[i] <= 0x20 || s[i] >= 0x7f)
-                        return false;
-        return true;
-}
-
 static bool event_id_valid(const char *s, size_t len) {
-        return len > 0 && len <= AZURE_EVENT_ID_MAX && visible_ascii(s, len);
+        return len > 0 && len <= AZURE_EVENT_ID_MAX && provider_visible_ascii(s, len);
 }
 
 static bool ascii_caseeq(const char *a, size_t alen, const char *b) {
@@ -216,188 +179,78 @@ static bool ascii_caseeq(const char *a, size_t alen, const char *b) {
         return true;
 }
 
-_printf_(3, 4) static int set_error(char *err, size_t size, const char *fmt, ...) {
-        va_list ap;
-
-        if (err && size > 0) {
-                va_start(ap, fmt);
-                (void) vsnprintf(err, size, fmt, ap);
-                va_end(ap);
-        }
-        return -EBADMSG;
-}
-
-static void json_object_putp(json_object **o) {
-        if (*o)
-                (void) json_object_put(*o);
-}
-
-static void json_tokener_freep(json_tokener **t) {
-        if (*t)
-                json_tokener_free(*t);
-}
-
-/* Parse @body as exactly one JSON object, with a nesting limit and nothing after it. */
-static int parse_json_object(const char *body, size_t size, json_object **ret, char *err, size_t errsz) {
-        _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
-        _cleanup_(json_object_putp) json_object *o = NULL;
-        enum json_tokener_error jerr;
-        size_t end;
-
-        if (!body || size == 0)
-                return set_error(err, errsz, "empty body");
-        if (size > INT_MAX)
-                return set_error(err, errsz, "body too large");
-        /* json-c would stop at a NUL and never see what follows. */
-        if (memchr(body, 0, size))
-                return set_error(err, errsz, "NUL byte in body");
-
-        tok = json_tokener_new_ex(AZURE_JSON_MAX_DEPTH);
-        if (!tok)
-                return -ENOMEM;
-        json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-
-        o = json_tokener_parse_ex(tok, body, (int) size);
-        jerr = json_tokener_get_error(tok);
-        if (jerr == json_tokener_continue)
-                return set_error(err, errsz, "invalid JSON: truncated");
-        if (jerr != json_tokener_success)
-                return set_error(err, errsz, "invalid JSON: %s", json_tokener_error_desc(jerr));
-        end = json_tokener_get_parse_end(tok);
-        for (; end < size; end++)
-                if (!is_json_space(body[end]))
-                        return set_error(err, errsz, "invalid JSON: data after the object");
-        if (!o || !json_object_is_type(o, json_type_object))
-                return set_error(err, errsz, "JSON is not an object");
-
-        *ret = TAKE_PTR(o);
-        return 0;
-}
-
-/* A JSON string without embedded NULs ("\u0000" decodes to one). */
-static int string_value(json_object *v, const char *what, const char **ret, size_t *ret_len, char *err,
-                        size_t errsz) {
-        const char *s;
-        int len;
-
-        if (!json_object_is_type(v, json_type_string))
-                return set_error(err, errsz, "%s is not a string", what);
-        s = json_object_get_string(v);
-        len = json_object_get_string_len(v);
-        if (!s || len < 0 || strlen(s) != (size_t) len)
-                return set_error(err, errsz, "NUL in %s", what);
-        *ret = s;
-        *ret_len = (size_t) len;
-        return 0;
-}
-
-/*
- * Member @key of entry @i: 1 and *@ret set when present, 0 when absent or null
- * (allowed only when !@required), -EBADMSG when required and missing.
- */
-static int get_member(json_object *o, const char *key, bool required, size_t i, json_object **ret, char *err,
-                      size_t errsz) {
-        json_object *v = NULL;
-
-        if (!json_object_object_get_ex(o, key, &v) || !v) {
-                if (required)
-                        return set_error(err, errsz, "event %zu: missing \"%s\"", i, key);
-                return 0;
-        }
-        *ret = v;
-        return 1;
-}
-
-static int get_string(json_object *o, const char *key, bool required, size_t i, const char **ret,
-                      size_t *ret_len, char *err, size_t errsz) {
-        char what[64];
-        json_object *v = NULL;
-        int r;
-
-        r = get_member(o, key, required, i, &v, err, errsz);
-        if (r <= 0)
-                return r;
-        (void) snprintf(what, sizeof(what), "event %zu: \"%s\"", i, key);
-        r = string_value(v, what, ret, ret_len, err, errsz);
-        if (r < 0)
-                return r;
-        return 1;
-}
-
 static int parse_event(json_object *e, size_t i, const char *vm_name, AzureEvent *ret, bool *ret_ours,
                        char *err, size_t errsz) {
+        /* A missing member and a null one are the same to Azure. */
+        const unsigned required = PROVIDER_JSON_NULL_IS_ABSENT,
+                       optional = PROVIDER_JSON_NULL_IS_ABSENT | PROVIDER_JSON_OPTIONAL;
         const char *id, *type, *s, *status = NULL, *source = NULL, *not_before = NULL;
         size_t id_len, type_len, len, status_len = 0, source_len = 0, not_before_len = 0;
-        json_object *resources = NULL, *v = NULL;
+        json_object *resources = NULL;
         AzureEvent ev = {
                 .status = AZURE_EVENT_STATUS_OTHER,
                 .duration_sec = -1,
         };
         bool ours = false;
-        char q[AZURE_QUOTE_MAX + 8];
+        char q[AZURE_QUOTE_SIZE], prefix[32];
         size_t n;
         int r;
 
         if (!json_object_is_type(e, json_type_object))
-                return set_error(err, errsz, "event %zu is not an object", i);
+                return provider_set_error(err, errsz, "event %zu is not an object", i);
+        (void) snprintf(prefix, sizeof(prefix), "event %zu: ", i);
 
-        r = get_string(e, "EventId", true, i, &id, &id_len, err, errsz);
+        r = provider_json_get_string(e, prefix, "EventId", required, &id, &id_len, err, errsz);
         if (r < 0)
                 return r;
         if (!event_id_valid(id, id_len)) {
-                quote_untrusted(q, sizeof(q), id, id_len);
-                return set_error(err, errsz, "event %zu: invalid \"EventId\" '%s'", i, q);
+                provider_quote_untrusted(q, sizeof(q), id, id_len);
+                return provider_set_error(err, errsz, "event %zu: invalid \"EventId\" '%s'", i, q);
         }
-        r = get_string(e, "EventType", true, i, &type, &type_len, err, errsz);
+        r = provider_json_get_string(e, prefix, "EventType", required, &type, &type_len, err, errsz);
         if (r < 0)
                 return r;
 
-        r = get_member(e, "Resources", true, i, &resources, err, errsz);
+        r = provider_json_get_array(e, prefix, "Resources", required, &resources, err, errsz);
         if (r < 0)
                 return r;
-        if (!json_object_is_type(resources, json_type_array))
-                return set_error(err, errsz, "event %zu: \"Resources\" is not an array", i);
         n = json_object_array_length(resources);
         for (size_t k = 0; k < n; k++) {
-                r = string_value(json_object_array_get_idx(resources, k), "a resource", &s, &len, err,
-                                 errsz);
+                r = provider_json_string_value(json_object_array_get_idx(resources, k), "a resource", &s,
+                                               &len, err, errsz);
                 if (r < 0)
-                        return set_error(err, errsz, "event %zu: resource %zu is not a string", i, k);
+                        return provider_set_error(err, errsz, "event %zu: resource %zu is not a string", i,
+                                                  k);
                 if (vm_name && ascii_caseeq(s, len, vm_name))
                         ours = true;
         }
 
         /* Optional members: checked, mostly for the log. */
-        r = get_string(e, "ResourceType", false, i, &s, &len, err, errsz);
+        r = provider_json_get_string(e, prefix, "ResourceType", optional, &s, &len, err, errsz);
         if (r < 0)
                 return r;
-        r = get_string(e, "Description", false, i, &s, &len, err, errsz);
+        r = provider_json_get_string(e, prefix, "Description", optional, &s, &len, err, errsz);
         if (r < 0)
                 return r;
-        r = get_string(e, "EventSource", false, i, &source, &source_len, err, errsz);
+        r = provider_json_get_string(e, prefix, "EventSource", optional, &source, &source_len, err, errsz);
         if (r < 0)
                 return r;
-        r = get_string(e, "EventStatus", false, i, &status, &status_len, err, errsz);
+        r = provider_json_get_string(e, prefix, "EventStatus", optional, &status, &status_len, err, errsz);
         if (r < 0)
                 return r;
-        r = get_string(e, "NotBefore", false, i, &not_before, &not_before_len, err, errsz);
+        r = provider_json_get_string(e, prefix, "NotBefore", optional, &not_before, &not_before_len, err,
+                                     errsz);
         if (r < 0)
                 return r;
         if (not_before_len > 0 &&
             (not_before_len > 64 || azure_parse_rfc1123(not_before, &ev.not_before_usec) < 0)) {
-                quote_untrusted(q, sizeof(q), not_before, not_before_len);
-                return set_error(err, errsz, "event %zu: invalid \"NotBefore\" '%s'", i, q);
+                provider_quote_untrusted(q, sizeof(q), not_before, not_before_len);
+                return provider_set_error(err, errsz, "event %zu: invalid \"NotBefore\" '%s'", i, q);
         }
-        r = get_member(e, "DurationInSeconds", false, i, &v, err, errsz);
-        if (r > 0) {
-                if (!json_object_is_type(v, json_type_int))
-                        return set_error(err, errsz, "event %zu: \"DurationInSeconds\" is not an integer",
-                                         i);
-                errno = 0;
-                ev.duration_sec = json_object_get_int64(v);
-                if (errno != 0 || ev.duration_sec < -1)
-                        return set_error(err, errsz, "event %zu: invalid \"DurationInSeconds\"", i);
-        }
+        r = provider_json_get_int64(e, prefix, "DurationInSeconds", optional, -1, &ev.duration_sec, err,
+                                    errsz);
+        if (r < 0)
+                return r;
 
         if (!ours) {
                 *ret_ours = false;
@@ -407,13 +260,13 @@ static int parse_event(json_object *e, size_t i, const char *vm_name, AzureEvent
         memcpy(ev.event_id, id, id_len);
         ev.event_id[id_len] = 0;
         ev.type = azure_event_type_from_string(type);
-        quote_untrusted(ev.event_type, sizeof(ev.event_type), type, type_len);
+        provider_quote_untrusted(ev.event_type, sizeof(ev.event_type), type, type_len);
         if (status && streq(status, "Scheduled"))
                 ev.status = AZURE_EVENT_STATUS_SCHEDULED;
         else if (status && streq(status, "Started"))
                 ev.status = AZURE_EVENT_STATUS_STARTED;
         if (source)
-                quote_untrusted(ev.event_source, sizeof(ev.event_source), source, source_len);
+                provider_quote_untrusted(ev.event_source, sizeof(ev.event_source), source, source_len);
 
         *ret = ev;
         *ret_ours = true;
@@ -424,31 +277,25 @@ static int parse_document(const char *body, size_t size, const char *vm_name, Az
                           size_t errsz) {
         _cleanup_(json_object_putp) json_object *o = NULL;
         _cleanup_free_ AzureDocument *doc = NULL;
-        json_object *v, *events;
+        json_object *events;
         int64_t incarnation;
         size_t n;
         int r;
 
-        r = parse_json_object(body, size, &o, err, errsz);
+        r = provider_json_parse(body, size, json_type_object, AZURE_JSON_MAX_DEPTH, &o, err, errsz);
         if (r < 0)
                 return r;
 
-        if (!json_object_object_get_ex(o, "DocumentIncarnation", &v) || !v)
-                return set_error(err, errsz, "missing \"DocumentIncarnation\"");
-        if (!json_object_is_type(v, json_type_int))
-                return set_error(err, errsz, "\"DocumentIncarnation\" is not an integer");
-        errno = 0;
-        incarnation = json_object_get_int64(v);
-        if (errno != 0 || incarnation < 0)
-                return set_error(err, errsz, "invalid \"DocumentIncarnation\"");
-
-        if (!json_object_object_get_ex(o, "Events", &events) || !events)
-                return set_error(err, errsz, "missing \"Events\"");
-        if (!json_object_is_type(events, json_type_array))
-                return set_error(err, errsz, "\"Events\" is not an array");
+        r = provider_json_get_int64(o, NULL, "DocumentIncarnation", PROVIDER_JSON_NULL_IS_ABSENT, 0,
+                                    &incarnation, err, errsz);
+        if (r < 0)
+                return r;
+        r = provider_json_get_array(o, NULL, "Events", PROVIDER_JSON_NULL_IS_ABSENT, &events, err, errsz);
+        if (r < 0)
+                return r;
         n = json_object_array_length(events);
         if (n > AZURE_DOC_ENTRIES_MAX)
-                return set_error(err, errsz, "%zu events, more than %d", n, AZURE_DOC_ENTRIES_MAX);
+                return provider_set_error(err, errsz, "%zu events, more than %d", n, AZURE_DOC_ENTRIES_MAX);
 
         doc = calloc(1, sizeof(*doc));
         if (!doc)
@@ -478,88 +325,24 @@ int azure_parse_document(const char *body, size_t size, const char *vm_name, Azu
         return parse_document(body, size, vm_name, ret, NULL, 0);
 }
 
-static int parse_digits(const char **p, unsigned min_digits, unsigned max_digits, unsigned *ret) {
-        unsigned v = 0, n = 0;
-
-        while (n < max_digits && **p >= '0' && **p <= '9') {
-                v = v * 10 + (unsigned) (**p - '0');
-                (*p)++;
-                n++;
-        }
-        if (n < min_digits)
-                return -EINVAL;
-        *ret = v;
-        return 0;
-}
-
-static int match_word(const char **p, const char *const *words, size_t n_words) {
-        for (size_t i = 0; i < n_words; i++)
-                if (strncmp(*p, words[i], 3) == 0) {
-                        *p += 3;
-                        return (int) i;
-                }
-        return -EINVAL;
-}
-
-static bool leap_year(unsigned y) {
-        return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-}
-
-/* Days since 1970-01-01 of a valid proleptic Gregorian date (Howard Hinnant's days_from_civil). */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
-        int64_t era, yoe, doy, doe;
-
-        y -= m <= 2;
-        era = (y >= 0 ? y : y - 399) / 400;
-        yoe = y - era * 400;
-        doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-        doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        return era * 146097 + doe - 719468;
-}
-
-static bool skip_char(const char **p, char c) {
-        if (**p != c)
-                return false;
-        (*p)++;
-        return true;
-}
-
 int azure_parse_rfc1123(const char *s, uint64_t *ret_usec) {
-        static const char *const weekdays[] = { "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun" };
-        static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                              "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
-        static const unsigned month_days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-        unsigned day, year, hour, minute, second, mdays;
+        static const char weekdays[7][4] = { "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun" };
         const char *p = s;
-        int month;
-        int64_t t;
+        uint64_t usec;
+        bool weekday = false;
 
         if (!s)
                 return -EINVAL;
         /* Never step past a NUL: each field is checked before the next is read. */
-        if (match_word(&p, weekdays, ELEMENTSOF(weekdays)) < 0 || !skip_char(&p, ',') || !skip_char(&p, ' '))
+        for (size_t i = 0; i < ELEMENTSOF(weekdays) && !weekday; i++)
+                weekday = strncmp(p, weekdays[i], 3) == 0;
+        if (!weekday || p[3] != ',' || p[4] != ' ')
                 return -EINVAL;
-        if (parse_digits(&p, 1, 2, &day) < 0 || !skip_char(&p, ' '))
-                return -EINVAL;
-        month = match_word(&p, months, ELEMENTSOF(months));
-        if (month < 0 || !skip_char(&p, ' '))
-                return -EINVAL;
-        if (parse_digits(&p, 4, 4, &year) < 0 || !skip_char(&p, ' '))
-                return -EINVAL;
-        if (parse_digits(&p, 2, 2, &hour) < 0 || !skip_char(&p, ':') ||
-            parse_digits(&p, 2, 2, &minute) < 0 || !skip_char(&p, ':') ||
-            parse_digits(&p, 2, 2, &second) < 0 || !skip_char(&p, ' '))
-                return -EINVAL;
-        if (!streq(p, "GMT") && !streq(p, "UTC"))
+        p += 5;
+        if (provider_parse_date_time(&p, &usec) < 0 || (!streq(p, " GMT") && !streq(p, " UTC")))
                 return -EINVAL;
 
-        mdays = month_days[month] + (month == 1 && leap_year(year));
-        if (year < 1970 || day < 1 || day > mdays || hour > 23 || minute > 59 || second > 59)
-                return -EINVAL;
-
-        t = days_from_civil(year, (unsigned) month + 1, day) * 86400 + (int64_t) hour * 3600 +
-            (int64_t) minute * 60 + second;
-        *ret_usec = (uint64_t) t * USEC_PER_SEC;
+        *ret_usec = usec;
         return 0;
 }
 
@@ -608,19 +391,7 @@ const char *azure_event_id_from_notice(const char *id) {
 }
 
 int azure_parse_vm_name(const char *body, size_t size, char **ret) {
-        char *s;
-
-        if (!body)
-                return -EBADMSG;
-        while (size > 0 && is_json_space(body[size - 1]))
-                size--;
-        if (size == 0 || size > AZURE_VM_NAME_MAX || !visible_ascii(body, size))
-                return -EBADMSG;
-        s = strndup(body, size);
-        if (!s)
-                return -ENOMEM;
-        *ret = s;
-        return 0;
+        return provider_parse_word(body, size, AZURE_VM_NAME_MAX, ret);
 }
 
 int azure_build_ack_body(const char *event_id, char **ret) {
@@ -668,11 +439,7 @@ int azure_build_ack_body(const char *event_id, char **ret) {
 }
 
 uint64_t azure_backoff_usec(uint64_t poll_interval_usec, unsigned failures) {
-        uint64_t cap = MAX(poll_interval_usec, AZURE_BACKOFF_CAP_USEC), d = poll_interval_usec;
-
-        for (unsigned i = 0; i < failures && d < cap; i++)
-                d = d > cap / 2 ? cap : 2 * d;
-        return MIN(d, cap);
+        return provider_backoff_usec(poll_interval_usec, failures, AZURE_BACKOFF_CAP_USEC);
 }
 
 /* ---- the scheduler ---------------------------------------------------- */
@@ -680,47 +447,16 @@ uint64_t azure_backoff_usec(uint64_t poll_interval_usec, unsigned failures) {
 static void azure_dispatch(AzureProvider *a);
 
 static uint64_t azure_poll_interval(AzureProvider *a) {
-        /* A zero interval would spin; config checks should not let one through. */
-        return MAX(a->p.config->poll_interval_usec, USEC_PER_MSEC);
-}
-
-static const char *transport_error_to_string(int error) {
-        switch (error) {
-        case -ETIMEDOUT:
-                return "timed out";
-        case -ECONNREFUSED:
-                return "connection refused";
-        case -ECONNRESET:
-                return "connection reset";
-        case -EFBIG:
-                return "body over the cap";
-        case -EPROTO:
-                return "not an HTTP answer";
-        case -EHOSTUNREACH:
-                return "host unreachable";
-        default:
-                return NULL;
-        }
+        return provider_poll_interval_usec(a->p.config);
 }
 
 static void describe_failure(int error, long status, char *buf, size_t size) {
-        const char *s;
-
-        if (error < 0) {
-                s = transport_error_to_string(error);
-                (void) snprintf(buf, size, "%s", s ? s : strerror(-error));
-        } else if (status == 429)
+        if (error < 0)
+                (void) snprintf(buf, size, "%s", provider_transport_error_to_string(error));
+        else if (status == 429)
                 (void) snprintf(buf, size, "HTTP 429 (throttled)");
         else
                 (void) snprintf(buf, size, "HTTP %ld", status);
-}
-
-static int http_status_to_errno(long status) {
-        if (status == 401 || status == 403)
-                return -EACCES;
-        if (status == 429)
-                return -EBUSY;
-        return -EIO;
 }
 
 static bool status_retryable(int error, long status) {
@@ -790,7 +526,7 @@ static int azure_job_start(AzureProvider *a, AzureJob job) {
                         log_debug("azure: GET %s (may take up to %" PRIu64 " s while the service starts)",
                                   a->url[job], params.timeout_usec / USEC_PER_SEC);
                 }
-                a->poll_start_usec = now_usec(CLOCK_MONOTONIC);
+                a->poll_start_usec = provider_now_usec(CLOCK_MONOTONIC);
                 break;
         case AZURE_JOB_NAME:
         case AZURE_JOB_VM_ID:
@@ -839,19 +575,18 @@ static void azure_job_start_failed(AzureProvider *a, AzureJob job, int error, ui
 }
 
 static void azure_timer_cb(uv_timer_t *t) {
-        AzureTimer *timer = t->data;
+        AzureProvider *a = provider_timer_owner(t);
 
-        if (!timer->owner)
+        if (!a)
                 return;
-        azure_dispatch(timer->owner);
+        azure_dispatch(a);
 }
 
 static void azure_arm_timer(AzureProvider *a, uint64_t at_usec, uint64_t now) {
         uint64_t delay = at_usec > now ? at_usec - now : 0;
-        uint64_t ms = delay / USEC_PER_MSEC + (delay % USEC_PER_MSEC != 0);
         int r;
 
-        r = uv_timer_start(&a->timer->handle, azure_timer_cb, ms, 0);
+        r = uv_timer_start(&a->timer->handle, azure_timer_cb, provider_timeout_ms(delay), 0);
         if (r < 0)
                 log_debug_errno(r, "azure: cannot arm the timer: %m");
 }
@@ -866,7 +601,7 @@ static void azure_dispatch(AzureProvider *a) {
                 return;
 
         for (unsigned guard = 0; guard < 2 * _AZURE_JOB_MAX && a->running; guard++) {
-                uint64_t now = now_usec(CLOCK_MONOTONIC), best_due = UINT64_MAX;
+                uint64_t now = provider_now_usec(CLOCK_MONOTONIC), best_due = UINT64_MAX;
                 AzureJob best = _AZURE_JOB_INVALID;
                 int r;
 
@@ -896,7 +631,7 @@ static void azure_dispatch(AzureProvider *a) {
         }
         /* Each pass started a job or pushed its due time; the next one waits for the spacing. */
         if (a->running)
-                azure_arm_timer(a, a->next_start_usec, now_usec(CLOCK_MONOTONIC));
+                azure_arm_timer(a, a->next_start_usec, provider_now_usec(CLOCK_MONOTONIC));
 }
 
 /* ---- scheduledevents -------------------------------------------------- */
@@ -911,11 +646,9 @@ static AzureTracked *azure_find_tracked(AzureProvider *a, const char *event_id) 
 /* End of a poll: schedule the next one, then report. The owner may stop us from on_poll. */
 static void azure_poll_report(AzureProvider *a, int error, const char *what, const char *detail) {
         Provider *p = &a->p;
-        uint64_t now = now_usec(CLOCK_MONOTONIC), interval = azure_poll_interval(a);
+        uint64_t now = provider_now_usec(CLOCK_MONOTONIC), interval = azure_poll_interval(a);
 
-        p->polls++;
-        p->last_poll_usec = now_usec(CLOCK_REALTIME);
-        p->last_poll_error = error;
+        provider_count_poll(p, error);
 
         if (error < 0) {
                 a->failures = MIN(a->failures + 1, 64U);
@@ -943,7 +676,7 @@ static void azure_events_failed(AzureProvider *a, int error, const char *what, c
  */
 static void azure_process_document(AzureProvider *a, const AzureDocument *doc) {
         Provider *p = &a->p;
-        uint64_t now = now_usec(CLOCK_REALTIME);
+        uint64_t now = provider_now_usec(CLOCK_REALTIME);
         AzureTracked next[AZURE_EVENTS_MAX], cancelled[AZURE_EVENTS_MAX];
         NoticeEvent report[AZURE_EVENTS_MAX];
         size_t n_next = 0, n_cancelled = 0, n_report = 0;
@@ -1023,8 +756,9 @@ static void azure_on_events(AzureProvider *a, int error, long status, const char
                 describe_failure(error, status, detail, sizeof(detail));
                 log_debug("azure: %s: %s", what, detail);
                 if (error == 0 && status == 429)
-                        azure_throttled(a, now_usec(CLOCK_MONOTONIC));
-                azure_events_failed(a, error < 0 ? error : http_status_to_errno(status), what, detail);
+                        azure_throttled(a, provider_now_usec(CLOCK_MONOTONIC));
+                azure_events_failed(a, error < 0 ? error : provider_http_status_to_errno(status), what,
+                                    detail);
                 return;
         }
         if (!a->enabled)
@@ -1073,7 +807,7 @@ static void azure_on_events(AzureProvider *a, int error, long status, const char
 /* ---- compute/name, compute/vmId --------------------------------------- */
 
 static void azure_on_name(AzureProvider *a, int error, long status, const char *body, size_t size) {
-        uint64_t now = now_usec(CLOCK_MONOTONIC);
+        uint64_t now = provider_now_usec(CLOCK_MONOTONIC);
         char *name = NULL;
         int r = -EBADMSG;
 
@@ -1091,7 +825,7 @@ static void azure_on_name(AzureProvider *a, int error, long status, const char *
                 describe_failure(error, status, a->name_detail, sizeof(a->name_detail));
                 if (error == 0 && status == 429)
                         azure_throttled(a, now);
-                r = error < 0 ? error : http_status_to_errno(status);
+                r = error < 0 ? error : provider_http_status_to_errno(status);
         }
         a->name_error = r;
         a->name_failures = MIN(a->name_failures + 1, 64U);
@@ -1101,16 +835,15 @@ static void azure_on_name(AzureProvider *a, int error, long status, const char *
 }
 
 static void azure_on_vm_id(AzureProvider *a, int error, long status, const char *body, size_t size) {
-        uint64_t now = now_usec(CLOCK_MONOTONIC);
+        uint64_t now = provider_now_usec(CLOCK_MONOTONIC);
+        int r;
 
-        while (error == 0 && size > 0 && is_json_space(body[size - 1]))
-                size--;
-        if (error == 0 && status == 200 && size > 0 && size <= AZURE_VM_ID_MAX &&
-            visible_ascii(body, size)) {
-                a->p.instance_id = strndup(body, size);
-                log_debug("azure: vmId '%s'", strna(a->p.instance_id));
-                if (a->p.instance_id)
+        if (error == 0 && status == 200) {
+                r = provider_parse_word(body, size, AZURE_VM_ID_MAX, &a->p.instance_id);
+                if (r >= 0) {
+                        log_debug("azure: vmId '%s'", a->p.instance_id);
                         return;
+                }
         }
         if (error == 0 && status == 429)
                 azure_throttled(a, now);
@@ -1132,7 +865,7 @@ static void azure_ack_finished(AzureProvider *a, int error, const char *detail) 
         memmove(&a->acks[0], &a->acks[1], (a->n_acks - 1) * sizeof(a->acks[0]));
         a->n_acks--;
         a->ack_tries = 0;
-        a->ack_due_usec = now_usec(CLOCK_MONOTONIC);
+        a->ack_due_usec = provider_now_usec(CLOCK_MONOTONIC);
 
         log_debug("azure: StartRequests for %s: %s", ev.id, error < 0 ? detail : "acknowledged");
         if (p->cb.on_ack)
@@ -1140,7 +873,7 @@ static void azure_ack_finished(AzureProvider *a, int error, const char *detail) 
 }
 
 static void azure_on_ack(AzureProvider *a, int error, long status) {
-        uint64_t now = now_usec(CLOCK_MONOTONIC);
+        uint64_t now = provider_now_usec(CLOCK_MONOTONIC);
         AzureTracked *t;
         char detail[128];
 
@@ -1163,7 +896,7 @@ static void azure_on_ack(AzureProvider *a, int error, long status) {
                           detail, (a->ack_due_usec - now) / USEC_PER_MSEC);
                 return;
         }
-        azure_ack_finished(a, error < 0 ? error : http_status_to_errno(status), detail);
+        azure_ack_finished(a, error < 0 ? error : provider_http_status_to_errno(status), detail);
 }
 
 /* ---- HTTP edge -------------------------------------------------------- */
@@ -1203,10 +936,6 @@ static void azure_http_done(HttpRequest *r, int error, long status, const char *
 
 /* ---- vtable ----------------------------------------------------------- */
 
-static void azure_timer_close_cb(uv_handle_t *h) {
-        free(h->data);
-}
-
 static int azure_init(Provider *p) {
         AzureProvider *a = azure_from_provider(p);
         int r;
@@ -1221,35 +950,21 @@ static int azure_init(Provider *p) {
                         return r;
         }
 
-        a->timer = calloc(1, sizeof(*a->timer));
-        if (!a->timer)
-                return -ENOMEM;
-        r = uv_timer_init(p->loop, &a->timer->handle);
-        if (r < 0) {
-                free(a->timer);
-                a->timer = NULL;
-                return r;
-        }
-        a->timer->handle.data = a->timer;
-        a->timer->owner = a;
-        return 0;
+        return provider_timer_new(p->loop, a, &a->timer);
 }
 
 static int azure_start(Provider *p) {
         AzureProvider *a = azure_from_provider(p);
-        uint64_t now = now_usec(CLOCK_MONOTONIC);
+        uint64_t now = provider_now_usec(CLOCK_MONOTONIC);
         int r;
 
         if (a->running)
                 return 0;
-        /* A request cancelled by stop() may still wait to report it; don't let it block a restart. */
-        for (AzureJob j = 0; j < _AZURE_JOB_MAX; j++)
-                if (http_request_is_running(a->req[j]) > 0) {
-                        a->req[j] = http_request_free(a->req[j]);
-                        r = http_request_new(p->http, azure_jobs[j].what, &a->req[j]);
-                        if (r < 0)
-                                return r;
-                }
+        for (AzureJob j = 0; j < _AZURE_JOB_MAX; j++) {
+                r = provider_request_renew(p->http, azure_jobs[j].what, &a->req[j]);
+                if (r < 0)
+                        return r;
+        }
 
         a->running = true;
         a->failures = 0;
@@ -1280,11 +995,7 @@ static void azure_done(Provider *p) {
                 free(a->url[j]);
                 a->url[j] = NULL;
         }
-        if (a->timer) {
-                a->timer->owner = NULL;
-                uv_close((uv_handle_t *) &a->timer->handle, azure_timer_close_cb);
-                a->timer = NULL;
-        }
+        a->timer = provider_timer_close(a->timer);
         free(a->vm_name);
         a->vm_name = NULL;
 }
@@ -1314,7 +1025,7 @@ static void azure_plan_finished(Provider *p, const NoticeEvent *ev) {
         log_debug("azure: the plan for %s has finished, acknowledging it", ev->id);
         if (a->n_acks == 0) {
                 a->ack_tries = 0;
-                a->ack_due_usec = now_usec(CLOCK_MONOTONIC);
+                a->ack_due_usec = provider_now_usec(CLOCK_MONOTONIC);
         }
         a->acks[a->n_acks++] = *ev;
         azure_dispatch(a);

@@ -17,9 +17,9 @@
  * when no watch is failing. Callbacks may call provider_stop() but must not
  * free the provider.
  *
- * Each timer lives in its own small GcpTimer block that frees itself in its
- * close callback, so provider_free() can release the provider at once while
- * libuv still holds the handle until the next loop iteration.
+ * Each timer is a ProviderTimer (provider-util.h), a small block that frees
+ * itself in its close callback, so provider_free() can release the provider
+ * at once while libuv still holds the handle until the next loop iteration.
  */
 #include <assert.h>
 #include <errno.h>
@@ -31,11 +31,12 @@
 #include <time.h>
 
 #include "provider-gcp.h"
+#include "provider-util.h"
 #include "provider.h"
 #include "shared/log.h"
 #include "shared/macro.h"
 
-#define GCP_DETAIL_QUOTE_MAX 32
+#define GCP_QUOTE_SIZE (PROVIDER_QUOTE_MAX + 8)
 
 typedef enum GcpWatchKind {
         GCP_WATCH_PREEMPTED,
@@ -49,6 +50,9 @@ static const char *const gcp_watch_paths[_GCP_WATCH_MAX] = {
         [GCP_WATCH_MAINTENANCE] = "instance/maintenance-event",
 };
 
+/* Every request carries it; the server refuses any without. */
+static const char *const gcp_headers[] = { GCP_FLAVOR_HEADER, NULL };
+
 #define GCP_PATH_INSTANCE_ID "instance/id"
 #define GCP_PATH_SHUTDOWN_SCRIPT "instance/attributes/shutdown-script"
 
@@ -61,16 +65,11 @@ static const char *const gcp_maintenance_table[_GCP_MAINTENANCE_MAX] = {
 typedef struct GcpProvider GcpProvider;
 typedef struct GcpWatch GcpWatch;
 
-typedef struct GcpTimer {
-        uv_timer_t handle;
-        GcpWatch *owner; /* NULL once the provider let go of it */
-} GcpTimer;
-
 struct GcpWatch {
         GcpProvider *g;
         GcpWatchKind kind;
         HttpRequest *req;
-        GcpTimer *timer;             /* a delayed re-arm */
+        ProviderTimer *timer;        /* a delayed re-arm; its owner is the watch */
 
         char etag[GCP_ETAG_MAX + 1]; /* of the last good answer; "" if none or it had none */
         bool answered;               /* a good answer came: from now on hanging GETs */
@@ -105,13 +104,6 @@ static GcpProvider *gcp_from_provider(Provider *p) {
         return container_of(p, GcpProvider, p);
 }
 
-static uint64_t now_usec(clockid_t clock) {
-        struct timespec ts;
-
-        (void) clock_gettime(clock, &ts);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
-}
-
 /* ---- pure parts ------------------------------------------------------ */
 
 const char *gcp_maintenance_to_string(GcpMaintenance m) {
@@ -120,27 +112,13 @@ const char *gcp_maintenance_to_string(GcpMaintenance m) {
         return gcp_maintenance_table[m];
 }
 
-static bool is_space(char c) {
-        return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
-static bool visible_ascii(const char *s, size_t size) {
-        for (size_t i = 0; i < size; i++)
-                if (s[i] <= 0x20 || s[i] >= 0x7f)
-                        return false;
-        return true;
-}
-
 /* @body without trailing whitespace is exactly @word. */
 static bool body_is(const char *body, size_t size, const char *word) {
         size_t n = strlen(word);
 
         if (!body || size < n || memcmp(body, word, n) != 0)
                 return false;
-        for (size_t i = n; i < size; i++)
-                if (!is_space(body[i]))
-                        return false;
-        return true;
+        return provider_trim_end(body + n, size - n) == 0;
 }
 
 int gcp_parse_preempted(const char *body, size_t size, bool *ret) {
@@ -174,16 +152,14 @@ int gcp_parse_etag(const char *value, char *ret, size_t size) {
 
         if (!value)
                 return -EINVAL;
-        while (is_space(*value))
+        while (provider_is_space(*value))
                 value++;
-        n = strlen(value);
-        while (n > 0 && is_space(value[n - 1]))
-                n--;
+        n = provider_trim_end(value, strlen(value));
         if (n >= 2 && value[0] == '"' && value[n - 1] == '"') {
                 value++;
                 n -= 2;
         }
-        if (n == 0 || !visible_ascii(value, n) || memchr(value, '"', n))
+        if (n == 0 || !provider_visible_ascii(value, n) || memchr(value, '"', n))
                 return -EINVAL;
         if (n > GCP_ETAG_MAX)
                 return -ERANGE;
@@ -194,21 +170,7 @@ int gcp_parse_etag(const char *value, char *ret, size_t size) {
 }
 
 int gcp_parse_instance_id(const char *body, size_t size, char **ret) {
-        char *s;
-
-        assert(ret);
-
-        if (!body)
-                return -EBADMSG;
-        while (size > 0 && is_space(body[size - 1]))
-                size--;
-        if (size == 0 || size > GCP_INSTANCE_ID_MAX || !visible_ascii(body, size))
-                return -EBADMSG;
-        s = strndup(body, size);
-        if (!s)
-                return -ENOMEM;
-        *ret = s;
-        return 0;
+        return provider_parse_word(body, size, GCP_INSTANCE_ID_MAX, ret);
 }
 
 int gcp_parse_shutdown_script(const char *body, size_t size, char **ret) {
@@ -319,11 +281,11 @@ int gcp_maintenance_event(GcpMaintenance m, const char *etag, uint64_t detect_us
 }
 
 uint64_t gcp_backoff_usec(uint64_t poll_interval_usec, unsigned failures) {
-        uint64_t cap = MAX(poll_interval_usec, GCP_BACKOFF_CAP_USEC), d = poll_interval_usec;
+        /* The first retry comes after one interval, not two as AWS's. */
+        uint64_t d = provider_backoff_usec(poll_interval_usec, failures > 0 ? failures - 1 : 0,
+                                           GCP_BACKOFF_CAP_USEC);
 
-        for (unsigned i = 1; i < failures && d < cap; i++)
-                d = d > cap / 2 ? cap : 2 * d;
-        return MAX(MIN(d, cap), GCP_RETRY_MIN_USEC);
+        return MAX(d, GCP_RETRY_MIN_USEC);
 }
 
 unsigned gcp_wait_sec(uint64_t wait_usec) {
@@ -332,53 +294,19 @@ unsigned gcp_wait_sec(uint64_t wait_usec) {
         return (unsigned) MIN(MAX(s, UINT64_C(1)), (uint64_t) GCP_WAIT_SEC_MAX);
 }
 
-/* Copy at most GCP_DETAIL_QUOTE_MAX bytes of untrusted @s for a message, non-printables as '?'. */
-static void quote_untrusted(char *buf, size_t size, const char *s, size_t len) {
-        size_t n = MIN(len, (size_t) GCP_DETAIL_QUOTE_MAX), j = 0;
-
-        for (size_t i = 0; i < n && j + 1 < size; i++)
-                buf[j++] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
-        if (len > n)
-                for (size_t k = 0; k < 3 && j + 1 < size; k++)
-                        buf[j++] = '.';
-        buf[j] = 0;
-}
-
 /* ---- the watches -------------------------------------------------------- */
 
 static void gcp_watch_request(GcpWatch *w);
 
 static uint64_t gcp_poll_interval(GcpProvider *g) {
-        return MAX(g->p.config->poll_interval_usec, USEC_PER_MSEC);
+        return provider_poll_interval_usec(g->p.config);
 }
 
-static const char *transport_error_to_string(int error) {
-        switch (error) {
-        case -ETIMEDOUT:
-                return "timed out";
-        case -ECONNREFUSED:
-                return "connection refused";
-        case -ECONNRESET:
-                return "connection reset";
-        case -EFBIG:
-                return "body over the cap";
-        case -EPROTO:
-                return "not an HTTP answer";
-        case -EHOSTUNREACH:
-                return "host unreachable";
-        default:
-                return NULL;
-        }
-}
-
+/* What a failed status means here: a path GCP does not serve is worth saying so. */
 static int http_status_to_errno(long status) {
-        if (status == 401 || status == 403)
-                return -EACCES;
         if (status == 404)
                 return -ENOENT;
-        if (status == 429)
-                return -EBUSY;
-        return -EIO;
+        return provider_http_status_to_errno(status);
 }
 
 static bool gcp_any_failing(GcpProvider *g) {
@@ -392,17 +320,14 @@ static bool gcp_any_failing(GcpProvider *g) {
 static bool gcp_report_poll(GcpProvider *g, int error, const char *what, const char *detail) {
         Provider *p = &g->p;
 
-        p->polls++;
-        p->last_poll_usec = now_usec(CLOCK_REALTIME);
-        p->last_poll_error = error;
+        provider_count_poll(p, error);
         if (p->cb.on_poll && (error < 0 || !gcp_any_failing(g)))
                 p->cb.on_poll(p, error, error < 0 ? what : NULL, error < 0 ? detail : NULL, p->userdata);
         return g->running;
 }
 
 static void gcp_timer_cb(uv_timer_t *t) {
-        GcpTimer *timer = t->data;
-        GcpWatch *w = timer->owner;
+        GcpWatch *w = provider_timer_owner(t);
 
         if (!w || !w->g->running || w->held || http_request_is_running(w->req) > 0)
                 return;
@@ -410,7 +335,6 @@ static void gcp_timer_cb(uv_timer_t *t) {
 }
 
 static void gcp_watch_arm(GcpWatch *w, uint64_t delay_usec) {
-        uint64_t ms = delay_usec / USEC_PER_MSEC + (delay_usec % USEC_PER_MSEC != 0);
         int r;
 
         if (!w->g->running || w->held)
@@ -419,7 +343,7 @@ static void gcp_watch_arm(GcpWatch *w, uint64_t delay_usec) {
                 gcp_watch_request(w);
                 return;
         }
-        r = uv_timer_start(&w->timer->handle, gcp_timer_cb, ms, 0);
+        r = uv_timer_start(&w->timer->handle, gcp_timer_cb, provider_timeout_ms(delay_usec), 0);
         if (r < 0)
                 log_debug_errno(r, "gcp: %s: cannot arm the retry timer: %m", gcp_watch_paths[w->kind]);
 }
@@ -454,7 +378,6 @@ static void gcp_watch_done(HttpRequest *r, int error, long status, const char *b
 static void gcp_watch_request(GcpWatch *w) {
         GcpProvider *g = w->g;
         const Config *c = g->p.config;
-        const char *headers[] = { GCP_FLAVOR_HEADER, NULL };
         _cleanup_free_ char *url = NULL;
         HttpRequestParams params;
         unsigned wait_sec = 0;
@@ -476,12 +399,12 @@ static void gcp_watch_request(GcpWatch *w) {
         params = (HttpRequestParams) {
                 .method = "GET",
                 .url = url,
-                .headers = headers,
+                .headers = gcp_headers,
                 /* The server may hold a hanging GET for timeout_sec; the request must outlive that. */
                 .timeout_usec = c->request_timeout_usec + (uint64_t) wait_sec * USEC_PER_SEC,
                 .max_body = GCP_MAX_BODY,
         };
-        w->started_usec = now_usec(CLOCK_MONOTONIC);
+        w->started_usec = provider_now_usec(CLOCK_MONOTONIC);
         log_debug("gcp: GET %s", url);
         r = http_request_start(w->req, &params, gcp_watch_done, w);
         if (r < 0)
@@ -501,11 +424,10 @@ static void gcp_script_done(HttpRequest *r, int error, long status, const char *
 
 /* Fetch the shutdown script before the preempt notice goes out. Returns true if the notice must wait. */
 static bool gcp_fetch_script(GcpProvider *g) {
-        const char *headers[] = { GCP_FLAVOR_HEADER, NULL };
         HttpRequestParams params = {
                 .method = "GET",
                 .url = g->script_url,
-                .headers = headers,
+                .headers = gcp_headers,
                 .timeout_usec = MIN(g->p.config->request_timeout_usec, GCP_SCRIPT_TIMEOUT_USEC),
                 .max_body = GCP_SCRIPT_MAX_BODY,
         };
@@ -537,7 +459,7 @@ static bool gcp_on_preempted(GcpWatch *w, bool preempted) {
         w->value = 1;
         if (!w->active) {
                 w->generation++;
-                gcp_preempt_event(w->etag, now_usec(CLOCK_REALTIME), w->generation, &w->event);
+                gcp_preempt_event(w->etag, provider_now_usec(CLOCK_REALTIME), w->generation, &w->event);
                 w->active = true;
                 if (gcp_fetch_script(g)) {
                         w->held = true;
@@ -560,7 +482,8 @@ static void gcp_on_maintenance(GcpWatch *w, GcpMaintenance m) {
         }
         if (!w->active || w->value != (int) m) {
                 w->generation++;
-                (void) gcp_maintenance_event(m, w->etag, now_usec(CLOCK_REALTIME), w->generation, &w->event);
+                (void) gcp_maintenance_event(m, w->etag, provider_now_usec(CLOCK_REALTIME), w->generation,
+                                             &w->event);
                 w->active = true;
         }
         w->value = m;
@@ -581,8 +504,8 @@ static void gcp_watch_done(HttpRequest *r, int error, long status, const char *b
         GcpWatch *w = userdata;
         GcpProvider *g = w->g;
         const char *path = gcp_watch_paths[w->kind];
-        char etag[GCP_ETAG_MAX + 1] = "", q[GCP_DETAIL_QUOTE_MAX + 8];
-        uint64_t elapsed = now_usec(CLOCK_MONOTONIC) - w->started_usec;
+        char etag[GCP_ETAG_MAX + 1] = "", q[GCP_QUOTE_SIZE];
+        uint64_t elapsed = provider_now_usec(CLOCK_MONOTONIC) - w->started_usec;
         GcpMaintenance m = GCP_MAINTENANCE_NONE;
         bool preempted = false, unchanged, go_on = true;
         int value, k;
@@ -592,9 +515,7 @@ static void gcp_watch_done(HttpRequest *r, int error, long status, const char *b
                 return;
 
         if (error < 0) {
-                const char *s = transport_error_to_string(error);
-
-                gcp_watch_fail(w, error, "%s", s ?: strerror(-error));
+                gcp_watch_fail(w, error, "%s", provider_transport_error_to_string(error));
                 return;
         }
         if (status != 200) {
@@ -610,7 +531,7 @@ static void gcp_watch_done(HttpRequest *r, int error, long status, const char *b
                 value = m;
         }
         if (k < 0) {
-                quote_untrusted(q, sizeof(q), body, size);
+                provider_quote_untrusted(q, sizeof(q), body, size);
                 /* Keep the last good ETag: the next request sees the bad value again until it changes. */
                 gcp_watch_fail(w, -EBADMSG, "unexpected value '%s'", q);
                 return;
@@ -674,10 +595,8 @@ static void gcp_script_done(HttpRequest *r, int error, long status, const char *
                 return;
 
         if (error < 0) {
-                const char *s = transport_error_to_string(error);
-
                 k = error;
-                (void) snprintf(detail, sizeof(detail), "%s", s ?: strerror(-error));
+                (void) snprintf(detail, sizeof(detail), "%s", provider_transport_error_to_string(error));
         } else if (status == 404)
                 log_debug("gcp: the instance has no shutdown script");
         else if (status != 200) {
@@ -731,11 +650,10 @@ static void gcp_id_done(HttpRequest *r, int error, long status, const char *body
 }
 
 static void gcp_fetch_id(GcpProvider *g) {
-        const char *headers[] = { GCP_FLAVOR_HEADER, NULL };
         HttpRequestParams params = {
                 .method = "GET",
                 .url = g->id_url,
-                .headers = headers,
+                .headers = gcp_headers,
                 .timeout_usec = g->p.config->request_timeout_usec,
                 .max_body = GCP_MAX_BODY,
         };
@@ -754,14 +672,6 @@ static void gcp_fetch_id(GcpProvider *g) {
 
 /* ---- vtable ----------------------------------------------------------- */
 
-static void gcp_timer_close_cb(uv_handle_t *h) {
-        free(h->data);
-}
-
-static int gcp_new_request(GcpProvider *g, const char *name, HttpRequest **req) {
-        *req = http_request_free(*req);
-        return http_request_new(g->p.http, name, req);
-}
 
 static int gcp_init(Provider *p) {
         GcpProvider *g = gcp_from_provider(p);
@@ -773,10 +683,10 @@ static int gcp_init(Provider *p) {
         r = gcp_watch_url(p->base_url, GCP_PATH_SHUTDOWN_SCRIPT, NULL, 0, &g->script_url);
         if (r < 0)
                 return r;
-        r = gcp_new_request(g, GCP_PATH_INSTANCE_ID, &g->id_req);
+        r = http_request_new(p->http, GCP_PATH_INSTANCE_ID, &g->id_req);
         if (r < 0)
                 return r;
-        r = gcp_new_request(g, GCP_PATH_SHUTDOWN_SCRIPT, &g->script_req);
+        r = http_request_new(p->http, GCP_PATH_SHUTDOWN_SCRIPT, &g->script_req);
         if (r < 0)
                 return r;
 
@@ -786,20 +696,12 @@ static int gcp_init(Provider *p) {
                 w->g = g;
                 w->kind = k;
                 w->value = -1;
-                r = gcp_new_request(g, gcp_watch_paths[k], &w->req);
+                r = http_request_new(p->http, gcp_watch_paths[k], &w->req);
                 if (r < 0)
                         return r;
-                w->timer = calloc(1, sizeof(*w->timer));
-                if (!w->timer)
-                        return -ENOMEM;
-                r = uv_timer_init(p->loop, &w->timer->handle);
-                if (r < 0) {
-                        free(w->timer);
-                        w->timer = NULL;
+                r = provider_timer_new(p->loop, w, &w->timer);
+                if (r < 0)
                         return r;
-                }
-                w->timer->handle.data = w->timer;
-                w->timer->owner = w;
         }
         return 0;
 }
@@ -810,25 +712,18 @@ static int gcp_start(Provider *p) {
 
         if (g->running)
                 return 0;
-        /* A request cancelled by stop() may still wait to report it; don't let it block a restart. */
-        if (http_request_is_running(g->id_req) > 0) {
-                r = gcp_new_request(g, GCP_PATH_INSTANCE_ID, &g->id_req);
-                if (r < 0)
-                        return r;
-        }
-        if (http_request_is_running(g->script_req) > 0) {
-                r = gcp_new_request(g, GCP_PATH_SHUTDOWN_SCRIPT, &g->script_req);
-                if (r < 0)
-                        return r;
-        }
+        r = provider_request_renew(p->http, GCP_PATH_INSTANCE_ID, &g->id_req);
+        if (r < 0)
+                return r;
+        r = provider_request_renew(p->http, GCP_PATH_SHUTDOWN_SCRIPT, &g->script_req);
+        if (r < 0)
+                return r;
         for (GcpWatchKind k = 0; k < _GCP_WATCH_MAX; k++) {
                 GcpWatch *w = &g->watch[k];
 
-                if (http_request_is_running(w->req) > 0) {
-                        r = gcp_new_request(g, gcp_watch_paths[k], &w->req);
-                        if (r < 0)
-                                return r;
-                }
+                r = provider_request_renew(p->http, gcp_watch_paths[k], &w->req);
+                if (r < 0)
+                        return r;
                 w->failures = 0;
                 w->fast = 0;
                 w->failing = false;
@@ -876,11 +771,7 @@ static void gcp_done(Provider *p) {
                 GcpWatch *w = &g->watch[k];
 
                 w->req = http_request_free(w->req);
-                if (w->timer) {
-                        w->timer->owner = NULL;
-                        uv_close((uv_handle_t *) &w->timer->handle, gcp_timer_close_cb);
-                        w->timer = NULL;
-                }
+                w->timer = provider_timer_close(w->timer);
         }
 }
 

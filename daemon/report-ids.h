@@ -15,3 +15,4 @@
 #define REPORT_ID_PLAN_DONE   "8ed4d92b6efb4f629d8a2b76b940047d"
 #define REPORT_ID_CANCEL      "c86e4aee6caf4d188b25dccad585c9cc"
 #define REPORT_ID_ACK         "10e8fbafcdaf48ac82b873a5d3a033f4"
+#define REPORT_ID_UPLOAD      "595f5e2f55f540babb3dae80a89815e9"

@@ -37,7 +37,7 @@ static const char *const report_kind_table[_REPORT_KIND_MAX] = {
         [REPORT_SIGNAL] = "signal",       [REPORT_PROCESS] = "process",
         [REPORT_HOOK] = "hook",           [REPORT_HOOK_OUTPUT] = "hook-output",
         [REPORT_PLAN_DONE] = "plan-done",   [REPORT_CANCEL] = "cancel",
-        [REPORT_ACK] = "ack",
+        [REPORT_ACK] = "ack",               [REPORT_UPLOAD] = "upload",
 };
 
 static const char *const report_id_table[_REPORT_KIND_MAX] = {
@@ -45,7 +45,7 @@ static const char *const report_id_table[_REPORT_KIND_MAX] = {
         [REPORT_SIGNAL] = REPORT_ID_SIGNAL,   [REPORT_PROCESS] = REPORT_ID_PROCESS,
         [REPORT_HOOK] = REPORT_ID_HOOK,       [REPORT_HOOK_OUTPUT] = REPORT_ID_HOOK_OUTPUT,
         [REPORT_PLAN_DONE] = REPORT_ID_PLAN_DONE, [REPORT_CANCEL] = REPORT_ID_CANCEL,
-        [REPORT_ACK] = REPORT_ID_ACK,
+        [REPORT_ACK] = REPORT_ID_ACK,             [REPORT_UPLOAD] = REPORT_ID_UPLOAD,
 };
 
 const char *report_kind_to_string(ReportKind k) {
@@ -312,9 +312,10 @@ void report_plan_done(const NoticeEvent *ev, const PlanSummary *s) {
         else if (ev->deadline_usec > 0)
                 message(&r,
                         "Response plan for %s notice finished in %s: %u signalled (%u failed), %u hooks ok, "
-                        "%u failed, %" PRId64 "s left before the deadline%s",
+                        "%u failed, %u objects uploaded (%u failed), %" PRId64 "s left before the deadline%s",
                         event_kind_to_string(ev->kind), d, s->n_signalled, s->n_signal_failed, s->n_hooks_ok,
-                        s->n_hooks_failed, s->seconds_left, s->cut_by_deadline ? " (cut by the deadline)" : "");
+                        s->n_hooks_failed, s->n_uploaded, s->n_upload_failed, s->seconds_left,
+                        s->cut_by_deadline ? " (cut by the deadline)" : "");
         else
                 message(&r,
                         "Response plan for %s notice finished in %s: %u signalled (%u failed), %u hooks ok, "
@@ -327,6 +328,12 @@ void report_plan_done(const NoticeEvent *ev, const PlanSummary *s) {
         field(&r, "SPOTWATCH_WAITED_OUT", "%u", s->n_waited_out);
         field(&r, "SPOTWATCH_HOOKS_OK", "%u", s->n_hooks_ok);
         field(&r, "SPOTWATCH_HOOKS_FAILED", "%u", s->n_hooks_failed);
+        if (s->n_uploaded + s->n_upload_skipped + s->n_upload_failed > 0) {
+                field(&r, "SPOTWATCH_UPLOADED", "%u", s->n_uploaded);
+                field(&r, "SPOTWATCH_UPLOAD_SKIPPED", "%u", s->n_upload_skipped);
+                field(&r, "SPOTWATCH_UPLOAD_FAILED", "%u", s->n_upload_failed);
+                field(&r, "SPOTWATCH_BYTES", "%" PRIu64, s->bytes_uploaded);
+        }
         field(&r, "SPOTWATCH_DURATION_USEC", "%" PRIu64, s->duration_usec);
         if (ev->deadline_usec > 0)
                 field(&r, "SPOTWATCH_SECONDS_LEFT", "%" PRId64, s->seconds_left);
@@ -361,6 +368,40 @@ void report_ack(const NoticeEvent *ev, int error, const char *detail) {
                         event_kind_to_string(ev->kind), cloud_kind_to_string(ev->cloud));
         event_fields(&r, ev);
         field(&r, "SPOTWATCH_ACK", "%s", error < 0 ? "failed" : "sent");
+        if (error < 0) {
+                field(&r, "SPOTWATCH_ERROR", "%s", detail ? detail : strerror(-error));
+                field(&r, "ERRNO", "%d", -error);
+        }
+        record_emit(&r);
+}
+
+void report_upload(const NoticeEvent *ev, const char *upload, const char *source, const char *object,
+                   uint64_t bytes, uint64_t duration_usec, bool skipped, int error, const char *detail) {
+        Record r;
+        char d[32];
+        /* MiB/s with two decimals, in integers: no floating point in records. */
+        uint64_t centi = duration_usec > 0 ? bytes * 100 * USEC_PER_SEC / duration_usec / (1024 * 1024) : 0;
+
+        record_init(&r, REPORT_UPLOAD, error < 0 ? LOG_ERR : LOG_NOTICE);
+        (void) format_duration(d, sizeof(d), duration_usec);
+        if (error < 0)
+                message(&r, "Upload '%s': %s not sent to %s: %s", upload, source, object,
+                        detail ? detail : strerror(-error));
+        else if (skipped)
+                message(&r, "Upload '%s': %s is already at %s, unchanged, skipped", upload, source, object);
+        else
+                message(&r, "Upload '%s': %s sent to %s, %" PRIu64 " bytes in %s (%" PRIu64 ".%02" PRIu64
+                            " MiB/s), verified",
+                        upload, source, object, bytes, d, centi / 100, centi % 100);
+        event_fields(&r, ev);
+        field(&r, "SPOTWATCH_UPLOAD", "%s", upload);
+        field(&r, "SPOTWATCH_SOURCE", "%s", source);
+        field(&r, "SPOTWATCH_OBJECT", "%s", object);
+        field(&r, "SPOTWATCH_BYTES", "%" PRIu64, bytes);
+        field(&r, "SPOTWATCH_DURATION_USEC", "%" PRIu64, duration_usec);
+        if (error >= 0 && !skipped)
+                field(&r, "SPOTWATCH_MIBPS", "%" PRIu64 ".%02" PRIu64, centi / 100, centi % 100);
+        field(&r, "SPOTWATCH_STATE", "%s", error < 0 ? "failed" : skipped ? "skipped" : "sent");
         if (error < 0) {
                 field(&r, "SPOTWATCH_ERROR", "%s", detail ? detail : strerror(-error));
                 field(&r, "ERRNO", "%d", -error);

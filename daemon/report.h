@@ -25,6 +25,7 @@ typedef enum ReportKind {
         REPORT_PLAN_DONE,
         REPORT_CANCEL,
         REPORT_ACK,
+        REPORT_UPLOAD,
         _REPORT_KIND_MAX,
         _REPORT_KIND_INVALID = -EINVAL,
 } ReportKind;
@@ -46,3 +47,6 @@ void report_plan_done(const NoticeEvent *ev, const PlanSummary *s);
 void report_cancel(const NoticeEvent *ev);
 /** The cloud was told the plan is done (Azure StartRequests): @error 0 or -errno with @detail. */
 void report_ack(const NoticeEvent *ev, int error, const char *detail);
+/** One object of an [upload]: sent, skipped (already there, unchanged) or failed. @ev may be NULL (by hand). */
+void report_upload(const NoticeEvent *ev, const char *upload, const char *source, const char *object,
+                   uint64_t bytes, uint64_t duration_usec, bool skipped, int error, const char *detail);

@@ -6,7 +6,8 @@
 #   need_packages build test   ... and to run every test
 
 BUILD_PACKAGES=(gcc libc6-dev meson ninja-build pkg-config
-    libuv1-dev libcurl4-openssl-dev libsystemd-dev libinih-dev libjson-c-dev libmicrohttpd-dev)
+    libuv1-dev libcurl4-openssl-dev libsystemd-dev libinih-dev libjson-c-dev libmicrohttpd-dev
+    libssl-dev)
 # python3: the example trainer and the integration tests; systemd: a real
 # journald and systemd-analyze for the tests; util-linux: unshare.
 RUN_PACKAGES=(python3 procps)

@@ -34,6 +34,8 @@ static void help(void) {
                "                                  hibernate, rebalance, ...; gcp: preempt, maintenance;\n"
                "                                  azure: preempt, terminate, reboot, ...); its time is\n"
                "                                  SECONDS from now (120)\n"
+               "  upload [NAME]                   send the files of every [upload] (or of NAME) now,\n"
+               "                                  newest first, skipping unchanged ones; prints each\n"
                "  ping                            check that the daemon answers\n"
                "\n"
                "  --socket PATH   the daemon's control socket (default %s)\n"
@@ -199,11 +201,12 @@ int main(int argc, char *argv[]) {
                 fprintf(stderr, "spotwatchctl: missing command\nTry 'spotwatchctl --help'.\n");
                 return 1;
         }
-        if (optind + 1 < argc) {
+        command = argv[optind];
+        /* Only `upload` takes a word after the command: the [upload] section's name. */
+        if (optind + 1 < argc && !(streq(command, "upload") && optind + 2 == argc)) {
                 fprintf(stderr, "spotwatchctl: unexpected argument '%s'\n", argv[optind + 1]);
                 return 1;
         }
-        command = argv[optind];
 
         if (!socket_path && config_path) {
                 _cleanup_free_ char *err = NULL;
@@ -238,6 +241,13 @@ int main(int argc, char *argv[]) {
                         r = add_arg(line, sizeof(line), "in", in);
                 if (r >= 0 && clear)
                         r = add_arg(line, sizeof(line), "clear", "yes");
+        } else if (streq(command, "upload")) {
+                if (wait || action || event || in || clear || pid)
+                        goto bad_option;
+                if (optind + 1 < argc)
+                        r = add_arg(line, sizeof(line), "name", argv[optind + 1]);
+                /* Sending a large checkpoint takes as long as it takes: no answer timeout. */
+                wait = true;
         } else if (streq(command, "done")) {
                 if (wait || action || event || in || clear)
                         goto bad_option;

@@ -3,12 +3,14 @@
 """The AWS IMDSv2 conversation, seen from an independent fake metadata
 service (fake_imds.py): a token on every GET, exactly one token PUT per TTL,
 one PUT and one retry after a 401, one keep-alive connection for all polls
-(each cycle now GETs spot/instance-action, the rebalance recommendation and
-the scheduled maintenance events, in that order; the Auto Scaling state only
-with aws_asg = yes, which is off here), one plan for a notice served on 20
-polls, rebalance reported without a plan, the instance id fetched once.
+(each cycle GETs spot/instance-action; with the default [daemon] events the
+rebalance recommendation at most every 5 s and the scheduled maintenance
+events at most every 60 s, both in the first cycle, always in that order;
+the Auto Scaling state only with aws_asg = yes, which is off here), one plan
+for a notice served on 20 polls, rebalance reported without a plan on every
+poll that serves it, the instance id fetched once.
 
-One daemon runs through the phases in order (about 15 s); each phase reads
+One daemon runs through the phases in order (about 30 s); each phase reads
 the fake's request log.
 
 The token rule under test (daemon/provider-aws.h): a token is fetched again
@@ -33,6 +35,9 @@ from fake_imds import (ACTION_PATH, ASG_PATH, INSTANCE_ID_PATH, MAINTENANCE_PATH
 NAME = "test_aws_protocol"
 TTL = 3
 POLL = 0.2
+REBALANCE_EVERY = 5.0    # daemon/provider-aws.h: AWS_REBALANCE_INTERVAL_USEC
+MAINTENANCE_EVERY = 60.0  # AWS_MAINTENANCE_INTERVAL_USEC
+SLACK = 0.2               # request arrival against cycle start
 
 
 
@@ -87,12 +92,24 @@ def phase_token_ttl(fake, d):
     check(not [e for e in window if e["status"] == 401], "no 401 while the token is refreshed in time")
     polls = [e for e in gets if e["path"] == ACTION_PATH]
     check(len(polls) >= 25, f"spot/instance-action polled about every 200 ms ({len(polls)} in 7 s)")
-    check(len([e for e in gets if e["path"] == REBALANCE_PATH]) >= 25, "the rebalance recommendation is polled too")
-    check(len([e for e in gets if e["path"] == MAINTENANCE_PATH]) >= 25, "the scheduled events are polled too")
-    cycle = [e["path"] for e in gets if e["path"] in (ACTION_PATH, REBALANCE_PATH, MAINTENANCE_PATH)]
-    start = cycle.index(ACTION_PATH)
-    check(cycle[start:start + 6] == [ACTION_PATH, REBALANCE_PATH, MAINTENANCE_PATH] * 2,
-          "each cycle GETs instance-action, rebalance, scheduled events, one after the other")
+    rebalance = [e["time"] - t0 for e in gets if e["path"] == REBALANCE_PATH]
+    check(len(rebalance) == 2 and REBALANCE_EVERY - SLACK <= rebalance[1] - rebalance[0] < REBALANCE_EVERY + 1.0,
+          "the rebalance recommendation is polled in the first cycle, then every 5 s (at "
+          + ", ".join(f"{t:.2f}" for t in rebalance) + ")")
+    maintenance = [e for e in gets if e["path"] == MAINTENANCE_PATH]
+    check(len(maintenance) == 1, f"the scheduled events are polled once in 7 s, in the first cycle "
+          f"(got {len(maintenance)})")
+    seq = [e["path"] for e in gets if e["path"] in (ACTION_PATH, REBALANCE_PATH, MAINTENANCE_PATH)]
+    cycles = []
+    for path in seq:
+        if path == ACTION_PATH or not cycles:
+            cycles.append([])
+        cycles[-1].append(path)
+    check(cycles[0] == [ACTION_PATH, REBALANCE_PATH, MAINTENANCE_PATH],
+          "the first cycle GETs instance-action, rebalance, scheduled events, one after the other")
+    orders = ([ACTION_PATH], [ACTION_PATH, REBALANCE_PATH], [ACTION_PATH, MAINTENANCE_PATH],
+              [ACTION_PATH, REBALANCE_PATH, MAINTENANCE_PATH])
+    check(all(c in orders for c in cycles), "every cycle starts with instance-action and keeps that order")
     ports = {e["client_port"] for e in fake.requests()}
     check(len(polls) >= 10 and len(ports) == 1,
           f"one TCP connection serves {len(polls)} polls and their token PUTs (ports {sorted(ports)})")
@@ -121,14 +138,25 @@ def phase_401_once(fake, d):
 def phase_rebalance(fake, d, marker):
     print("-- a rebalance recommendation is reported and starts no plan", flush=True)
     fake.rebalance = rfc3339()
-    recs = wait_until(lambda: notice_records(d, "rebalance"), 5, what="a rebalance [notice] record")
+    # Not in [daemon] events: it is polled every 5 s, so it may take that long to be seen.
+    recs = wait_until(lambda: notice_records(d, "rebalance"), REBALANCE_EVERY + 3,
+                      what="a rebalance [notice] record")
     check(recs[0].get("SPOTWATCH_CLOUD") == "aws", "the rebalance notice names the cloud")
     check(recs[0].get("SPOTWATCH_NOTICE_ID", "").startswith("aws:rebalance:"),
           "its id is aws:rebalance:TIME")
-    # Several more polls serve it.
+    # More polls serve it (the first of these is the one that was reported).
     since = fake.requests(path=REBALANCE_PATH)[-1]["time"]
-    wait_until(lambda: len([e for e in fake.requests("GET", REBALANCE_PATH, since=since)
-                            if e["status"] == 200]) >= 5, 5, what="5 more polls serving the rebalance")
+
+    def served():
+        return [e for e in fake.requests("GET", REBALANCE_PATH, since=since) if e["status"] == 200]
+
+    wait_until(lambda: len(served()) >= 3, 2 * REBALANCE_EVERY + 3, what="2 more polls serving the rebalance")
+    served = served()
+    gaps = [b["time"] - a["time"] for a, b in zip(served, served[1:])]
+    check(all(REBALANCE_EVERY - SLACK <= g for g in gaps),
+          "the rebalance recommendation is polled at most every 5 s (gaps "
+          + ", ".join(f"{g:.2f}" for g in gaps) + ")")
+    check(len(notice_records(d, "rebalance")) == 1, "it is reported once while it stays")
     check(count_plans(d) == 0, "no plan for a rebalance recommendation")
     check(usr1_count(marker) == 0, "the registered process was not signalled")
     fake.rebalance = None
@@ -159,6 +187,9 @@ def phase_whole_run(fake):
     check(all(e["token"] for e in gets), f"a token on every one of {len(gets)} GETs")
     check(len([e for e in log if e["path"] == INSTANCE_ID_PATH]) == 1, "the instance id was fetched exactly once")
     check(not [e for e in log if e["path"] == ASG_PATH], "aws_asg = no: the Auto Scaling state is never asked for")
+    maintenance = [e["time"] for e in log if e["path"] == MAINTENANCE_PATH]
+    check(all(b - a >= MAINTENANCE_EVERY - SLACK for a, b in zip(maintenance, maintenance[1:])),
+          f"the scheduled events are polled at most every 60 s ({len(maintenance)} times in the run)")
     ports = {e["client_port"] for e in log}
     check(len(ports) == 1, f"one TCP connection for all {len(log)} requests")
 

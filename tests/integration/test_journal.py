@@ -24,7 +24,7 @@ def message_ids():
 
 def test_records_in_journal():
     ids = message_ids()
-    check(len(set(ids.values())) == len(ids) == 9, "nine distinct MESSAGE_IDs in report-ids.h")
+    check(len(set(ids.values())) == len(ids) == 10, "ten distinct MESSAGE_IDs in report-ids.h")
     for log in ("journal", "auto"):
         d = Daemon(fake_metadata="aws", daemon_keys={"log": log})
         p, pidfile, marker = spawn_sleeper(d.tmp)

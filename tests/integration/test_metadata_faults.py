@@ -10,8 +10,10 @@ runs the plan.
 
 One daemon runs through all faults (about 30 s): poll_interval = 200ms and
 request_timeout = 1s, so the backoff (daemon/provider-aws.h) makes the
-faulted polls come 0.4, 0.8, 1.6 ... s apart. FAULTS="hang reset" runs a
-subset.
+faulted polls come 0.4, 0.8, 1.6 ... s apart. rebalance is listed in
+[daemon] events, so the rebalance recommendation is polled in every cycle
+(not every 5 s) and shows that a failed instance-action does not cut the
+cycle short. FAULTS="hang reset" runs a subset.
 """
 import os
 import shutil
@@ -94,8 +96,10 @@ def run():
     sleeper, pidfile, marker = spawn_sleeper(tmp)
     try:
         sections = f'[process "t"]\npidfile = {pidfile}\nwait = 0\n'
+        # rebalance in events: polled every cycle, so each faulted cycle shows it still runs to its end.
         with Daemon(sections=sections, daemon_keys={"metadata_url": fake.url, "poll_interval": "200ms",
-                                                   "request_timeout": "1s", "cloud": "aws"}) as d:
+                                                   "request_timeout": "1s", "cloud": "aws",
+                                                   "events": "terminate stop hibernate preempt rebalance"}) as d:
             wait_until(lambda: len(fake.requests("GET", ACTION_PATH)) >= 3, 5, what="first polls")
             for fault in FAULTS:
                 one_fault(fake, d, marker, fault)

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test-config.c - unit tests for config.c: defaults, a file with every key,
- * comments and inih's pitfalls, hook ordering, the shipped and demo configs,
- * and a table with one case per error path, each checked for its exact
- * "FILE:LINE: [SECTION] KEY: ..." message. Files are written under a
+ * comments and inih's pitfalls, hook ordering, [upload] sections and their
+ * file:// URLs, the shipped and demo configs, and a table with one case per
+ * error path, each checked for its exact "FILE:LINE: [SECTION] KEY: ..."
+ * message. Files are written under a
  * mkdtemp() directory, removed at the end.
  */
 #include <errno.h>
@@ -131,6 +132,8 @@ static void assert_defaults(const Config *c) {
         ASSERT_FALSE(c->alibaba_token);
         ASSERT_EQ(c->n_processes, 0);
         ASSERT_EQ(c->n_hooks, 0);
+        ASSERT_EQ(c->n_uploads, 0);
+        ASSERT_TRUE(c->uploads == NULL);
 }
 
 static void test_defaults(void) {
@@ -322,6 +325,74 @@ static void test_hook_order(void) {
         ASSERT_TRUE(c->hooks[1].line < c->hooks[2].line);
 }
 
+/* [upload] sections: values, defaults, file:// URLs into paths. */
+static void test_upload(void) {
+        static const struct {
+                const char *destination;
+                const char *dest_path;
+        } urls[] = {
+                { "file:///mnt/backup/run-42/", "/mnt/backup/run-42" },
+                { "file:///mnt/backup/run-42", "/mnt/backup/run-42" },
+                { "file:///mnt/backup//", "/mnt/backup" },
+                { "file:///", "/" },
+                { "file:////", "/" },
+                { "file:///mnt/my%20dir/%41%62c%2f/", "/mnt/my dir/Abc" },
+                { "file:///mnt/100%25/", "/mnt/100%" },
+                { "file:///mnt/with space/", "/mnt/with space" },
+        };
+        _cleanup_(config_freep) Config *c = NULL;
+
+        c = load_ok("[upload \"checkpoints\"]\n"
+                    "source = /data/checkpoints/*.pt\n"
+                    "destination = file:///mnt/backup/checkpoints/\n"
+                    "newest = 2\n"
+                    "\n"
+                    "[hook \"flush\"]\n"
+                    "exec = @DIR@/hook.sh\n"
+                    "\n"
+                    "[upload \"logs\"]\n"
+                    "destination = file:///mnt/backup/logs\n"
+                    "source = /var/log/trainer\n"
+                    "\n"
+                    "[upload \"one\"]\n"
+                    "source = /data/final.pt\n"
+                    "destination = file:///mnt/backup/\n"
+                    "newest = 10000\n");
+
+        ASSERT_EQ(c->n_uploads, 3);
+        ASSERT_EQ(c->n_hooks, 1);
+        ASSERT_STREQ(c->uploads[0].name, "checkpoints");
+        ASSERT_STREQ(c->uploads[0].source, "/data/checkpoints/*.pt");
+        ASSERT_STREQ(c->uploads[0].destination, "file:///mnt/backup/checkpoints/");
+        ASSERT_EQ(c->uploads[0].scheme, UPLOAD_FILE);
+        ASSERT_STREQ(c->uploads[0].dest_path, "/mnt/backup/checkpoints");
+        ASSERT_EQ(c->uploads[0].newest, 2);
+        ASSERT_EQ(c->uploads[0].line, 1);
+        ASSERT_STREQ(c->uploads[1].name, "logs");
+        ASSERT_STREQ(c->uploads[1].source, "/var/log/trainer");
+        ASSERT_STREQ(c->uploads[1].dest_path, "/mnt/backup/logs");
+        ASSERT_EQ(c->uploads[1].newest, 0); /* default: all */
+        ASSERT_EQ(c->uploads[1].line, 9);
+        ASSERT_STREQ(c->uploads[2].dest_path, "/mnt/backup");
+        ASSERT_EQ(c->uploads[2].newest, 10000);
+        ASSERT_STREQ(upload_scheme_to_string(UPLOAD_FILE), "file");
+        ASSERT_TRUE(upload_scheme_to_string(_UPLOAD_SCHEME_MAX) == NULL);
+        ASSERT_TRUE(upload_scheme_to_string(_UPLOAD_SCHEME_INVALID) == NULL);
+
+        for (size_t i = 0; i < ELEMENTSOF(urls); i++) {
+                _cleanup_free_ char *ini = NULL;
+                _cleanup_(config_freep) Config *u = NULL;
+
+                ASSERT_TRUE(asprintf(&ini, "[upload \"u\"]\nsource = /x\ndestination = %s\n",
+                                     urls[i].destination) > 0);
+                u = load_ok(ini);
+                ASSERT_EQ(u->n_uploads, 1);
+                ASSERT_STREQ(u->uploads[0].destination, urls[i].destination);
+                ASSERT_STREQ(u->uploads[0].dest_path, urls[i].dest_path);
+                ASSERT_EQ(u->uploads[0].scheme, UPLOAD_FILE);
+        }
+}
+
 /* Values at the edges of what is allowed. */
 static void test_limits(void) {
         _cleanup_(config_freep) Config *c = NULL;
@@ -374,8 +445,6 @@ static void test_errors(void) {
                 { "[daemon]\n[foo]\n",
                   ":2: [foo]: unknown section (expected [daemon], [process \"NAME\"] or [hook \"NAME\"])" },
                 { "[Daemon]\n", ":1: [Daemon]: unknown section" },
-                { "[upload \"ckpt\"]\nsource = /x\n",
-                  ":1: [upload \"ckpt\"]: upload sections are not supported yet" },
                 { "[]\n", ":1: []: empty section name" },
                 { "[process \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"]\n",
                   ":1: [process \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"]: section header is too "
@@ -559,6 +628,89 @@ static void test_errors(void) {
                   ":3: [hook \"h\"] user: unknown user 'no-such-user-spotwatchd'" },
                 { "[hook \"h\"]\nexec = @DIR@/hook.sh\nuser =\n",
                   ":3: [hook \"h\"] user: empty value, a user name is needed" },
+
+                /* [upload] */
+                { "[upload]\n", ":1: [upload]: missing name, write [upload \"NAME\"]" },
+                { "[upload ckpt]\n",
+                  ":1: [upload ckpt]: the name must be in double quotes, write [upload \"NAME\"]" },
+                { "[upload \"\"]\n", ":1: [upload \"\"]: empty upload name" },
+                { "[upload \"a\"]\nsource = /x\ndestination = file:///y/\n\n[upload \"a\"]\n",
+                  ":5: [upload \"a\"]: duplicate section, first on line 1" },
+                { "[upload \"ckpt\"]\nsource = /x\n", ":1: [upload \"ckpt\"]: no destination= given" },
+                { "[upload \"ok\"]\nsource = /x\ndestination = file:///y/\n"
+                  "[upload \"ckpt\"]\ndestination = file:///x/\nnewest = 3\n",
+                  ":4: [upload \"ckpt\"]: no source= given" },
+                { "[upload \"a\"]\nsource = data/*.pt\n",
+                  ":2: [upload \"a\"] source: path 'data/*.pt' is not absolute" },
+                { "[upload \"a\"]\nsource =\n",
+                  ":2: [upload \"a\"] source: empty value, an absolute path is needed" },
+                { "[upload \"a\"]\nsource = /x\nsource = /y\n",
+                  ":3: [upload \"a\"] source: duplicate key, already set on line 2" },
+                { "[upload \"a\"]\nsource = /x\ndestination = s3://bucket/prefix/\n",
+                  ":3: [upload \"a\"] destination: s3:// destinations are not supported by this version yet "
+                  "(only file://)" },
+                { "[upload \"a\"]\ndestination = gs://bucket/prefix/\n",
+                  ":2: [upload \"a\"] destination: gs:// destinations are not supported by this version yet "
+                  "(only file://)" },
+                { "[upload \"a\"]\ndestination = az://account/container/\n",
+                  ":2: [upload \"a\"] destination: az:// destinations are not supported by this version yet "
+                  "(only file://)" },
+                { "[upload \"a\"]\ndestination = http://backup/x/\n",
+                  ":2: [upload \"a\"] destination: invalid destination 'http://backup/x/', must be a "
+                  "file:///DIR/ URL" },
+                { "[upload \"a\"]\ndestination = /mnt/backup/\n",
+                  ":2: [upload \"a\"] destination: invalid destination '/mnt/backup/', must be a "
+                  "file:///DIR/ URL" },
+                { "[upload \"a\"]\ndestination = S3://bucket/\n",
+                  ":2: [upload \"a\"] destination: invalid destination 'S3://bucket/'" },
+                { "[upload \"a\"]\ndestination =\n",
+                  ":2: [upload \"a\"] destination: empty value, a destination URL such as file:///DIR/ is "
+                  "needed" },
+                { "[upload \"a\"]\ndestination = file://backup/x/\n",
+                  ":2: [upload \"a\"] destination: invalid destination 'file://backup/x/', a file:// URL "
+                  "has an empty host and an absolute path: write file:///DIR/" },
+                { "[upload \"a\"]\ndestination = file://\n",
+                  ":2: [upload \"a\"] destination: invalid destination 'file://', a file:// URL has an "
+                  "empty host" },
+                { "[upload \"a\"]\ndestination = file:///x/?y\n",
+                  ":2: [upload \"a\"] destination: invalid destination 'file:///x/?y', a file:// URL "
+                  "takes no '?' or '#' (write them as %3F and %23)" },
+                { "[upload \"a\"]\ndestination = file:///x#y\n",
+                  ":2: [upload \"a\"] destination: invalid destination 'file:///x#y', a file:// URL "
+                  "takes no" },
+                { "[upload \"a\"]\ndestination = file:///x%zz/\n",
+                  ":2: [upload \"a\"] destination: invalid destination 'file:///x%zz/', bad %-escape (write "
+                  "%XX with two hex digits, not %00)" },
+                { "[upload \"a\"]\ndestination = file:///x%2\n",
+                  ":2: [upload \"a\"] destination: invalid destination 'file:///x%2', bad %-escape" },
+                { "[upload \"a\"]\ndestination = file:///x%00y\n",
+                  ":2: [upload \"a\"] destination: invalid destination 'file:///x%00y', bad %-escape" },
+                { "[upload \"a\"]\nnewest = 0\n",
+                  ":2: [upload \"a\"] newest: integer '0' is out of range, must be between 1 and 10000" },
+                { "[upload \"a\"]\nnewest = 10001\n",
+                  ":2: [upload \"a\"] newest: integer '10001' is out of range, must be between 1 and "
+                  "10000" },
+                { "[upload \"a\"]\nnewest = -1\n",
+                  ":2: [upload \"a\"] newest: integer '-1' is out of range" },
+                { "[upload \"a\"]\nnewest = two\n",
+                  ":2: [upload \"a\"] newest: invalid integer 'two' (the number of newest files to send)" },
+                { "[upload \"a\"]\nnewest = 99999999999999999999\n",
+                  ":2: [upload \"a\"] newest: integer '99999999999999999999' is out of range" },
+                /* The other keys of issue 4 come with the stores that need them. */
+                { "[upload \"a\"]\nsource = /x\nendpoint = http://127.0.0.1:7480\n",
+                  ":3: [upload \"a\"] endpoint: unknown key" },
+                { "[upload \"a\"]\nregion = us-east-1\n", ":2: [upload \"a\"] region: unknown key" },
+                { "[upload \"a\"]\npart_size = 8M\n", ":2: [upload \"a\"] part_size: unknown key" },
+                { "[upload \"a\"]\nconcurrency = 4\n", ":2: [upload \"a\"] concurrency: unknown key" },
+                { "[upload \"a\"]\nchecksum = sha256\n", ":2: [upload \"a\"] checksum: unknown key" },
+                { "[upload \"a\"]\nsync = continuous\n", ":2: [upload \"a\"] sync: unknown key" },
+                { "[upload \"a\"]\ncredentials = env\n", ":2: [upload \"a\"] credentials: unknown key" },
+                { "[upload \"a\"]\ncloud = aws\n",
+                  ":2: [upload \"a\"] cloud: unknown key here, it belongs in a [daemon] section" },
+                { "[daemon]\nsource = /x\n",
+                  ":2: [daemon] source: unknown key here, it belongs in an [upload \"NAME\"] section" },
+                { "[hook \"h\"]\nexec = @DIR@/hook.sh\nnewest = 2\n",
+                  ":3: [hook \"h\"] newest: unknown key here, it belongs in an [upload \"NAME\"] section" },
 
                 /* Only the first error is reported. */
                 { "[daemon]\ncloud = x\nlog = y\n[bad]\n", ":2: [daemon] cloud: unknown cloud 'x'" },
@@ -780,6 +932,7 @@ static void test_shipped(void) {
         ASSERT_EQ(c->log, LOG_TARGET_AUTO);
         ASSERT_EQ(c->n_processes, 0);
         ASSERT_EQ(c->n_hooks, 0);
+        ASSERT_EQ(c->n_uploads, 0);
 
         /*
          * Every commented-out key, uncommented, is valid too and gives the
@@ -814,6 +967,13 @@ static void test_shipped(void) {
         ASSERT_EQ(d->n_hooks, 1);
         ASSERT_EQ(strv_length(d->hooks[0].argv), 2);
         ASSERT_U64_EQ(d->hooks[0].timeout_usec, 30 * SEC);
+        ASSERT_EQ(d->n_uploads, 1);
+        ASSERT_STREQ(d->uploads[0].name, "checkpoints");
+        ASSERT_STREQ(d->uploads[0].source, "/data/checkpoints/*.pt");
+        ASSERT_STREQ(d->uploads[0].destination, "file:///mnt/backup/checkpoints/");
+        ASSERT_EQ(d->uploads[0].scheme, UPLOAD_FILE);
+        ASSERT_STREQ(d->uploads[0].dest_path, "/mnt/backup/checkpoints");
+        ASSERT_EQ(d->uploads[0].newest, 2);
 }
 
 /* conf/demo.ini, with its hook where the demo script would have copied it. */
@@ -838,6 +998,11 @@ static void test_demo(void) {
         ASSERT_EQ(c->n_hooks, 1);
         ASSERT_STREQ(c->hooks[0].name, "example");
         ASSERT_U64_EQ(c->hooks[0].timeout_usec, 10 * SEC);
+        ASSERT_EQ(c->n_uploads, 1);
+        ASSERT_STREQ(c->uploads[0].name, "checkpoints");
+        ASSERT_STREQ(c->uploads[0].source, "/run/spotwatchd-demo/checkpoints/*.json");
+        ASSERT_STREQ(c->uploads[0].dest_path, "/run/spotwatchd-demo/uploaded");
+        ASSERT_EQ(c->uploads[0].newest, 1);
 
         /* As is, it is valid exactly when the demo has put the hook in place. */
         orig = write_config(text);
@@ -854,6 +1019,7 @@ int main(void) {
         RUN(test_full);
         RUN(test_comments);
         RUN(test_hook_order);
+        RUN(test_upload);
         RUN(test_limits);
         RUN(test_errors);
         RUN(test_long_lines);

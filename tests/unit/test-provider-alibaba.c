@@ -13,19 +13,11 @@
 #include "provider-alibaba.h"
 #include "provider.h"
 #include "shared/macro.h"
+#include "tests-provider.h"
 #include "tests.h"
 
 #define T_1320 UINT64_C(1795785600) /* 2026-11-27T13:20:00Z */
 
-/* A body given with its exact size, so it may hold NULs. */
-#define BODY(s) .body = (s), .size = sizeof(s) - 1
-
-static void assert_untouched(const NoticeEvent *ev) {
-        NoticeEvent sentinel;
-
-        memset(&sentinel, 0xA5, sizeof(sentinel));
-        ASSERT_EQ(memcmp(ev, &sentinel, sizeof(sentinel)), 0);
-}
 
 static void test_termination_time_good(void) {
         static const struct {
@@ -100,13 +92,13 @@ static void test_termination_time_bad(void) {
                 fprintf(stderr, "  bad: %s\n", cases[i].name);
                 memset(&ev, 0xA5, sizeof(ev));
                 ASSERT_ERR(alibaba_parse_termination_time(cases[i].body, cases[i].size, &ev), EBADMSG);
-                assert_untouched(&ev);
+                assert_untouched(&ev, sizeof(NoticeEvent));
         }
 
         memset(&ev, 0xA5, sizeof(ev));
         ASSERT_ERR(alibaba_parse_termination_time(NULL, 0, &ev), EBADMSG);
         ASSERT_ERR(alibaba_parse_termination_time("2026-11-27T13:20:00Z", 0, &ev), EBADMSG);
-        assert_untouched(&ev);
+        assert_untouched(&ev, sizeof(NoticeEvent));
 }
 
 /* Every prefix of a good body is refused or means something else; none reads past its size. */
@@ -126,34 +118,11 @@ static void test_termination_time_prefixes(void) {
 
 static void test_provider_new(void) {
         _cleanup_(config_freep) Config *c = NULL;
-        uv_loop_t loop;
-        Http *h = NULL;
-        Provider *p = NULL;
 
         ASSERT_STREQ(provider_default_url(CLOUD_ALIBABA), "http://100.100.100.200");
         ASSERT_OK(config_new_default(&c));
         ASSERT_FALSE(c->alibaba_token);
-        ASSERT_EQ(uv_loop_init(&loop), 0);
-        ASSERT_OK(http_new(&loop, &h));
-
-        ASSERT_OK(provider_new(CLOUD_ALIBABA, &loop, h, c, NULL, NULL, NULL, &p));
-        ASSERT_STREQ(p->base_url, "http://100.100.100.200");
-        ASSERT_TRUE(p->vtable == &provider_alibaba_vtable);
-        ASSERT_TRUE(p->instance_id == NULL);
-        p = provider_free(p);
-
-        ASSERT_OK(provider_new(CLOUD_ALIBABA, &loop, h, c, "http://127.0.0.1:8080/", NULL, NULL, &p));
-        ASSERT_STREQ(p->base_url, "http://127.0.0.1:8080");
-        /* Started and freed at once: nothing runs, nothing leaks, the loop closes cleanly. */
-        ASSERT_OK(provider_start(p));
-        ASSERT_OK(provider_start(p));
-        provider_stop(p);
-        ASSERT_OK(provider_start(p));
-        p = provider_free(p);
-
-        http_close(h);
-        ASSERT_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
-        ASSERT_EQ(uv_loop_close(&loop), 0);
+        test_provider_lifecycle(CLOUD_ALIBABA, &provider_alibaba_vtable);
 }
 
 int main(void) {

@@ -3,26 +3,26 @@
  * test-provider-aws.c - tables of spot/instance-action, rebalance, scheduled
  * maintenance (and its "21 Jan 2019 09:00:43 GMT" times), Auto Scaling
  * lifecycle state and token TTL inputs through the AWS provider's pure
- * parsers, the token refresh and backoff arithmetic, and provider_new()'s
- * argument handling. No network.
+ * parsers, the token refresh and backoff arithmetic, provider_new()'s
+ * argument handling, and the IMDS engine's cadence against the daemon's own
+ * fake (fake-aws.c) on loopback: which endpoints each cycle polls.
  */
 #include <errno.h>
 #include <string.h>
 
 #include "config.h"
+#include "fake-server.h"
 #include "http.h"
 #include "provider-aws.h"
 #include "provider.h"
 #include "shared/macro.h"
+#include "tests-provider.h"
 #include "tests.h"
 
 #define T_1320 UINT64_C(1795785600) /* 2026-11-27T13:20:00Z */
 #define T_1220 UINT64_C(1795782000) /* 2026-11-27T12:20:00Z */
 #define T_REBALANCE UINT64_C(1603786920) /* 2020-10-27T08:22:00Z */
 
-/* A body given with its exact size, so it may hold NULs. */
-#define BODY(s) .body = (s), .size = sizeof(s) - 1
-#define BODY_ARGS(s) (s), sizeof(s) - 1
 
 typedef struct GoodCase {
         const char *body;
@@ -113,13 +113,6 @@ static const BadCase bad_actions[] = {
                               "\"x\": [[[[[[[[[[[[1]]]]]]]]]]]]}") },
 };
 
-static void assert_untouched(const NoticeEvent *ev) {
-        NoticeEvent sentinel;
-
-        memset(&sentinel, 0xA5, sizeof(sentinel));
-        ASSERT_EQ(memcmp(ev, &sentinel, sizeof(sentinel)), 0);
-}
-
 static void test_instance_action_good(void) {
         for (size_t i = 0; i < ELEMENTSOF(good_actions); i++) {
                 const GoodCase *c = &good_actions[i];
@@ -145,7 +138,7 @@ static void test_instance_action_bad(void) {
                 fprintf(stderr, "  bad: %s\n", c->name);
                 memset(&ev, 0xA5, sizeof(ev));
                 ASSERT_ERR(aws_parse_instance_action(c->body, c->size, &ev), EBADMSG);
-                assert_untouched(&ev);
+                assert_untouched(&ev, sizeof(NoticeEvent));
         }
 
         /* NULL and size 0 with a non-empty buffer. */
@@ -153,7 +146,7 @@ static void test_instance_action_bad(void) {
         memset(&ev, 0xA5, sizeof(ev));
         ASSERT_ERR(aws_parse_instance_action(NULL, 0, &ev), EBADMSG);
         ASSERT_ERR(aws_parse_instance_action("{\"action\": \"stop\"}", 0, &ev), EBADMSG);
-        assert_untouched(&ev);
+        assert_untouched(&ev, sizeof(NoticeEvent));
 }
 
 /* Build "{" "[" * n ... "]" * n "}" style inputs and very long strings at run time. */
@@ -174,7 +167,7 @@ static void test_instance_action_generated(void) {
                 b[n++] = ']';
         memset(&ev, 0xA5, sizeof(ev));
         ASSERT_ERR(aws_parse_instance_action(b, n, &ev), EBADMSG);
-        assert_untouched(&ev);
+        assert_untouched(&ev, sizeof(NoticeEvent));
 
         n = 0;
         for (int i = 0; i < 100; i++)
@@ -183,12 +176,12 @@ static void test_instance_action_generated(void) {
         for (int i = 0; i < 100; i++)
                 b[n++] = '}';
         ASSERT_ERR(aws_parse_instance_action(b, n, &ev), EBADMSG);
-        assert_untouched(&ev);
+        assert_untouched(&ev, sizeof(NoticeEvent));
 
         /* 100,000 unclosed brackets: the depth limit, not the stack, stops it. */
         memset(b, '[', 100000);
         ASSERT_ERR(aws_parse_instance_action(b, 100000, &ev), EBADMSG);
-        assert_untouched(&ev);
+        assert_untouched(&ev, sizeof(NoticeEvent));
 
         /* A 1 MiB action string. */
         n = (size_t) sprintf(b, "{\"action\": \"");
@@ -196,7 +189,7 @@ static void test_instance_action_generated(void) {
         n += big;
         n += (size_t) sprintf(b + n, "\", \"time\": \"2026-11-27T13:20:00Z\"}");
         ASSERT_ERR(aws_parse_instance_action(b, n, &ev), EBADMSG);
-        assert_untouched(&ev);
+        assert_untouched(&ev, sizeof(NoticeEvent));
 
         /* A 1 MiB time string. */
         n = (size_t) sprintf(b, "{\"action\": \"terminate\", \"time\": \"2026-11-27T13:20:00");
@@ -204,7 +197,7 @@ static void test_instance_action_generated(void) {
         n += big;
         n += (size_t) sprintf(b + n, "Z\"}");
         ASSERT_ERR(aws_parse_instance_action(b, n, &ev), EBADMSG);
-        assert_untouched(&ev);
+        assert_untouched(&ev, sizeof(NoticeEvent));
 
         /* A long fraction that is still a valid time is fine (64 bytes max). */
         n = (size_t) sprintf(b, "{\"action\": \"stop\", \"time\": \"2026-11-27T13:20:00.%s\"}",
@@ -224,7 +217,7 @@ static void test_instance_action_generated(void) {
                 n = (size_t) sprintf(b, "{\"action\": \"stop%c\", \"time\": \"2026-11-27T13:20:00Z\"}", c);
                 memset(&ev, 0xA5, sizeof(ev));
                 ASSERT_ERR(aws_parse_instance_action(b, n, &ev), EBADMSG);
-                assert_untouched(&ev);
+                assert_untouched(&ev, sizeof(NoticeEvent));
         }
 
         /* Every prefix of a valid body is rejected; none reads past its size. */
@@ -273,7 +266,7 @@ static void test_rebalance(void) {
                 fprintf(stderr, "  bad: %s\n", bad[i].name);
                 memset(&ev, 0xA5, sizeof(ev));
                 ASSERT_ERR(aws_parse_rebalance(bad[i].body, bad[i].size, &ev), EBADMSG);
-                assert_untouched(&ev);
+                assert_untouched(&ev, sizeof(NoticeEvent));
         }
 }
 
@@ -407,7 +400,7 @@ static void test_maintenance_good(void) {
                         ASSERT_STREQ(ev[k].detail, c->codes[k]);
                 }
                 for (size_t k = n; k < ELEMENTSOF(ev); k++)
-                        assert_untouched(&ev[k]);
+                        assert_untouched(&ev[k], sizeof(NoticeEvent));
         }
 
         /* The deadline is NotBefore. */
@@ -483,8 +476,8 @@ static void test_maintenance_bad(void) {
                 memset(ev, 0xA5, sizeof(ev));
                 ASSERT_ERR(aws_parse_maintenance(c->body, c->size, ev, ELEMENTSOF(ev), &n), EBADMSG);
                 ASSERT_EQ(n, 4242);
-                assert_untouched(&ev[0]);
-                assert_untouched(&ev[1]);
+                assert_untouched(&ev[0], sizeof(NoticeEvent));
+                assert_untouched(&ev[1], sizeof(NoticeEvent));
         }
 }
 
@@ -510,7 +503,7 @@ static void test_maintenance_many(void) {
         ASSERT_STREQ(ev[1].id, "aws:maintenance:e-2");
         ASSERT_STREQ(ev[2].id, "aws:maintenance:e-3");
         ASSERT_U64_EQ(ev[2].deadline_usec, (T_EVENT - 43 + 3) * USEC_PER_SEC);
-        assert_untouched(&ev[3]);
+        assert_untouched(&ev[3], sizeof(NoticeEvent));
 
         ASSERT_OK(aws_parse_maintenance(body, len, ev, 0, &n));
         ASSERT_EQ(n, 0);
@@ -669,32 +662,110 @@ static void test_provider_new(void) {
         ASSERT_ERR(provider_new(_CLOUD_MAX, &loop, h, c, NULL, NULL, NULL, &p), EINVAL);
         ASSERT_ERR(provider_new(CLOUD_AWS, &loop, h, c, "///", NULL, NULL, &p), EINVAL);
         ASSERT_TRUE(p == NULL);
-
-        ASSERT_OK(provider_new(CLOUD_AWS, &loop, h, c, NULL, NULL, NULL, &p));
-        ASSERT_STREQ(p->base_url, "http://169.254.169.254");
-        ASSERT_TRUE(p->vtable == &provider_aws_vtable);
-        ASSERT_TRUE(p->instance_id == NULL);
-        p = provider_free(p);
-
-        ASSERT_OK(provider_new(CLOUD_AWS, &loop, h, c, "", NULL, NULL, &p));
-        ASSERT_STREQ(p->base_url, "http://169.254.169.254");
-        p = provider_free(p);
-
-        ASSERT_OK(provider_new(CLOUD_AWS, &loop, h, c, "http://127.0.0.1:8080//", NULL, NULL, &p));
-        ASSERT_STREQ(p->base_url, "http://127.0.0.1:8080");
-        /* Started and freed at once: nothing runs, nothing leaks, the loop closes cleanly. */
-        ASSERT_OK(provider_start(p));
-        ASSERT_OK(provider_start(p));
-        provider_stop(p);
-        provider_stop(p);
-        provider_set_config(p, c);
-        p = provider_free(p);
         ASSERT_TRUE(provider_free(NULL) == NULL);
         provider_stop(NULL);
 
         http_close(h);
         ASSERT_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
         ASSERT_EQ(uv_loop_close(&loop), 0);
+
+        test_provider_lifecycle(CLOUD_AWS, &provider_aws_vtable);
+}
+
+/* ---- the engine's cadence against the daemon's own fake -------------------- */
+
+#define CADENCE_CYCLES 6
+
+typedef struct Cadence {
+        uv_loop_t loop;
+        uv_timer_t guard;
+        FakeServer *fake;
+        unsigned polls, errors;
+        uint64_t requests[CADENCE_CYCLES + 1]; /* the fake's request count at the end of each cycle */
+        bool timed_out;
+} Cadence;
+
+static void cadence_on_poll(Provider *p, int error, const char *what, const char *detail, void *userdata) {
+        Cadence *c = userdata;
+
+        if (error < 0) {
+                fprintf(stderr, "  poll error: %s: %s\n", what, detail);
+                c->errors++;
+        }
+        c->polls++;
+        if (c->polls <= CADENCE_CYCLES)
+                c->requests[c->polls] = fake_server_requests(c->fake);
+}
+
+static void cadence_on_guard(uv_timer_t *t) {
+        Cadence *c = container_of(t, Cadence, guard);
+
+        c->timed_out = true;
+}
+
+static void cadence_run(Cadence *c, unsigned polls) {
+        ASSERT_EQ(uv_timer_start(&c->guard, cadence_on_guard, 10000, 0), 0);
+        while (c->polls < polls && !c->timed_out)
+                (void) uv_run(&c->loop, UV_RUN_ONCE);
+        ASSERT_FALSE(c->timed_out);
+        (void) uv_timer_stop(&c->guard);
+}
+
+/*
+ * Requests per cycle with @events_mask: the first cycle is the token PUT, the
+ * instance id and every endpoint; later ones instance-action, plus rebalance
+ * and scheduled maintenance only when their kinds start the plan (100 ms
+ * cycles never reach their 5 s and 60 s intervals here). After a restart the
+ * first cycle polls every endpoint again.
+ */
+static void run_cadence(unsigned events_mask, unsigned per_cycle) {
+        static const ProviderCallbacks cb = { .on_poll = cadence_on_poll };
+        _cleanup_(config_freep) Config *cfg = NULL;
+        Cadence c = {};
+        Http *h = NULL;
+        Provider *p = NULL;
+
+        fprintf(stderr, "  events 0x%x: %u GETs a cycle\n", events_mask, per_cycle);
+        ASSERT_OK(config_new_default(&cfg));
+        cfg->poll_interval_usec = 100 * USEC_PER_MSEC;
+        cfg->events_mask = events_mask;
+        ASSERT_EQ(uv_loop_init(&c.loop), 0);
+        ASSERT_EQ(uv_timer_init(&c.loop, &c.guard), 0);
+        ASSERT_OK(http_new(&c.loop, &h));
+        ASSERT_OK(fake_server_new(&c.loop, CLOUD_AWS, "127.0.0.1", 0, &c.fake));
+        ASSERT_OK(provider_new(CLOUD_AWS, &c.loop, h, cfg, fake_server_url(c.fake), &cb, &c, &p));
+        ASSERT_OK(provider_start(p));
+
+        cadence_run(&c, CADENCE_CYCLES);
+        ASSERT_EQ(c.errors, 0);
+        ASSERT_U64_EQ(c.requests[1], 2 + 3);
+        for (unsigned i = 2; i <= CADENCE_CYCLES; i++)
+                ASSERT_U64_EQ(c.requests[i] - c.requests[i - 1], per_cycle);
+        ASSERT_STREQ(p->instance_id, fake_server_instance_id(c.fake));
+
+        /* A restart polls everything once more: the token and the instance id are kept. */
+        provider_stop(p);
+        uint64_t before = fake_server_requests(c.fake);
+        c.polls = 0;
+        ASSERT_OK(provider_start(p));
+        cadence_run(&c, 2);
+        ASSERT_U64_EQ(c.requests[1] - before, 3);
+        ASSERT_U64_EQ(c.requests[2] - c.requests[1], per_cycle);
+        ASSERT_EQ(c.errors, 0);
+
+        p = provider_free(p);
+        fake_server_close(c.fake);
+        http_close(h);
+        uv_close((uv_handle_t *) &c.guard, NULL);
+        ASSERT_EQ(uv_run(&c.loop, UV_RUN_DEFAULT), 0);
+        ASSERT_EQ(uv_loop_close(&c.loop), 0);
+}
+
+static void test_cadence(void) {
+        run_cadence(EVENT_MASK_DEFAULT, 1);
+        run_cadence(EVENT_MASK_DEFAULT | EVENT_MASK(EVENT_REBALANCE), 2);
+        run_cadence(EVENT_MASK_DEFAULT | EVENT_MASK(EVENT_MAINTENANCE), 2);
+        run_cadence(EVENT_MASK_DEFAULT | EVENT_MASK(EVENT_REBALANCE) | EVENT_MASK(EVENT_MAINTENANCE), 3);
 }
 
 int main(void) {
@@ -712,5 +783,6 @@ int main(void) {
         RUN(test_refresh_margin);
         RUN(test_backoff);
         RUN(test_provider_new);
+        RUN(test_cadence);
         return 0;
 }

@@ -15,25 +15,16 @@
 #include "provider-azure.h"
 #include "provider.h"
 #include "shared/macro.h"
+#include "tests-provider.h"
 #include "tests.h"
 
 #define T_EXAMPLE UINT64_C(1474309787) /* Mon, 19 Sep 2016 18:29:47 GMT */
 #define T_FLATCAR UINT64_C(1626929417) /* Thu, 22 Jul 2021 04:50:17 GMT */
 
-/* A body given with its exact size, so it may hold NULs. */
-#define BODY(s) .body = (s), .size = sizeof(s) - 1
 
 #define EVENT(id, type, resources, extra)                                                          \
         "{\"EventId\": \"" id "\", \"EventStatus\": \"Scheduled\", \"EventType\": \"" type "\", " \
         "\"ResourceType\": \"VirtualMachine\", \"Resources\": [" resources "], " extra "}"
-
-static void assert_untouched(const void *p, size_t size) {
-        unsigned char sentinel[8192];
-
-        ASSERT_TRUE(size <= sizeof(sentinel));
-        memset(sentinel, 0xA5, size);
-        ASSERT_EQ(memcmp(p, sentinel, size), 0);
-}
 
 /* ---- documents -------------------------------------------------------- */
 
@@ -756,35 +747,7 @@ static void test_provider_loop(void) {
 }
 
 static void test_provider_new(void) {
-        _cleanup_(config_freep) Config *c = NULL;
-        uv_loop_t loop;
-        Http *h = NULL;
-        Provider *p = NULL;
-
-        ASSERT_OK(config_new_default(&c));
-        ASSERT_EQ(uv_loop_init(&loop), 0);
-        ASSERT_OK(http_new(&loop, &h));
-
-        ASSERT_OK(provider_new(CLOUD_AZURE, &loop, h, c, NULL, NULL, NULL, &p));
-        ASSERT_STREQ(p->base_url, "http://169.254.169.254");
-        ASSERT_TRUE(p->vtable == &provider_azure_vtable);
-        ASSERT_TRUE(p->instance_id == NULL);
-        p = provider_free(p);
-
-        ASSERT_OK(provider_new(CLOUD_AZURE, &loop, h, c, "http://127.0.0.1:9//", NULL, NULL, &p));
-        ASSERT_STREQ(p->base_url, "http://127.0.0.1:9");
-        /* Started and freed at once: nothing runs, nothing leaks, the loop closes cleanly. */
-        ASSERT_OK(provider_start(p));
-        ASSERT_OK(provider_start(p));
-        provider_plan_finished(p, NULL);
-        provider_stop(p);
-        provider_stop(p);
-        provider_set_config(p, c);
-        p = provider_free(p);
-
-        http_close(h);
-        ASSERT_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
-        ASSERT_EQ(uv_loop_close(&loop), 0);
+        test_provider_lifecycle(CLOUD_AZURE, &provider_azure_vtable);
 }
 
 int main(void) {

@@ -17,10 +17,9 @@
 #include "provider-gcp.h"
 #include "provider.h"
 #include "shared/macro.h"
+#include "tests-provider.h"
 #include "tests.h"
 
-/* A body given with its exact size, so it may hold NULs. */
-#define BODY(s) .body = (s), .size = sizeof(s) - 1
 
 typedef struct BodyCase {
         const char *body;
@@ -457,34 +456,7 @@ static void test_against_fake(void) {
 }
 
 static void test_provider_new(void) {
-        _cleanup_(config_freep) Config *c = NULL;
-        uv_loop_t loop;
-        Http *h = NULL;
-        Provider *p = NULL;
-
-        ASSERT_OK(config_new_default(&c));
-        ASSERT_EQ(uv_loop_init(&loop), 0);
-        ASSERT_OK(http_new(&loop, &h));
-
-        ASSERT_OK(provider_new(CLOUD_GCP, &loop, h, c, NULL, NULL, NULL, &p));
-        ASSERT_STREQ(p->base_url, "http://169.254.169.254");
-        ASSERT_TRUE(p->vtable == &provider_gcp_vtable);
-        p = provider_free(p);
-
-        /* Started and freed at once (the address is not served): nothing runs, nothing leaks. */
-        ASSERT_OK(provider_new(CLOUD_GCP, &loop, h, c, "http://127.0.0.1:9//", NULL, NULL, &p));
-        ASSERT_STREQ(p->base_url, "http://127.0.0.1:9");
-        ASSERT_OK(provider_start(p));
-        ASSERT_OK(provider_start(p));
-        provider_stop(p);
-        provider_stop(p);
-        ASSERT_OK(provider_start(p));
-        provider_set_config(p, c);
-        p = provider_free(p);
-
-        http_close(h);
-        ASSERT_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
-        ASSERT_EQ(uv_loop_close(&loop), 0);
+        test_provider_lifecycle(CLOUD_GCP, &provider_gcp_vtable);
 }
 
 int main(void) {
