@@ -164,7 +164,7 @@ static void plan_finish(Plan *p) {
         p->summary.seconds_left = ((int64_t) p->event.deadline_usec - (int64_t) now_real) / (int64_t) USEC_PER_SEC;
         if (now_monotonic_usec() >= p->until_usec)
                 p->summary.cut_by_deadline = p->summary.cut_by_deadline || p->summary.n_waited_out > 0 ||
-                                             p->summary.n_hooks_failed > 0;
+                                             p->summary.n_hooks_failed > 0 || p->summary.n_upload_failed > 0;
         report_plan_done(&p->event, &p->summary);
         if (p->done)
                 p->done(p, &p->summary, p->userdata);

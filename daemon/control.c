@@ -214,20 +214,36 @@ void control_client_reply_ok(ControlClient *c) {
         client_flush(c, "ok");
 }
 
-void control_client_reply_error(ControlClient *c, const char *fmt, ...) {
+static void reply_error_va(ControlClient *c, bool keep, const char *fmt, va_list ap) _printf_(3, 0);
+static void reply_error_va(ControlClient *c, bool keep, const char *fmt, va_list ap) {
         char line[1024] = "error ";
-        va_list ap;
 
-        va_start(ap, fmt);
         (void) vsnprintf(line + 6, sizeof(line) - 6, fmt, ap);
-        va_end(ap);
         /* One line, whatever the message held. */
         for (char *p = line; *p; p++)
                 if (*p == '\n' || *p == '\r')
                         *p = ' ';
-        c->out_len = 0;
-        c->out_overflow = false;
+        if (!keep) {
+                c->out_len = 0;
+                c->out_overflow = false;
+        }
         client_flush(c, line);
+}
+
+void control_client_reply_error(ControlClient *c, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        reply_error_va(c, false, fmt, ap);
+        va_end(ap);
+}
+
+void control_client_reply_failed(ControlClient *c, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        reply_error_va(c, true, fmt, ap);
+        va_end(ap);
 }
 
 /* Handle complete lines in the input buffer, one request at a time. */

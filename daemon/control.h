@@ -52,3 +52,5 @@ void control_client_reply_kv(ControlClient *c, const char *key, const char *fmt,
 void control_client_reply_ok(ControlClient *c);
 /** control_client_reply_error() - drop pending KEY=VALUE lines, send "error MESSAGE". */
 void control_client_reply_error(ControlClient *c, const char *fmt, ...) _printf_(2, 3);
+/** control_client_reply_failed() - like _error(), but the pending KEY=VALUE lines are sent before it. */
+void control_client_reply_failed(ControlClient *c, const char *fmt, ...) _printf_(2, 3);

@@ -751,7 +751,7 @@ static void on_manual_upload_done(UploadStage *s, unsigned n_ok, unsigned n_skip
                 control_client_reply_kv(c, "failed", "%u", n_failed);
                 control_client_reply_kv(c, "bytes", "%" PRIu64, bytes);
                 if (n_failed > 0)
-                        control_client_reply_error(c, "%u object(s) failed, see above and the journal", n_failed);
+                        control_client_reply_failed(c, "%u object(s) failed, see above and the journal", n_failed);
                 else
                         control_client_reply_ok(c);
         }

@@ -303,7 +303,9 @@ void report_plan_done(const NoticeEvent *ev, const PlanSummary *s) {
         char d[32];
 
         record_init(&r, REPORT_PLAN_DONE,
-                    s->n_signal_failed + s->n_hooks_failed > 0 || s->cut_by_deadline || s->aborted ? LOG_WARNING
+                    s->n_signal_failed + s->n_hooks_failed + s->n_upload_failed > 0 || s->cut_by_deadline ||
+                                    s->aborted
+                            ? LOG_WARNING
                                                                                                  : LOG_NOTICE);
         (void) format_duration(d, sizeof(d), s->duration_usec);
         if (s->aborted)

@@ -62,6 +62,26 @@ def test_upload_by_hand():
         check(not [f for f in os.listdir(out) if "spotwatch-tmp" in f], "no temporary files left behind")
 
 
+def test_failed_upload_by_hand():
+    """A destination that cannot be written: each object is reported, the command exits 1."""
+    d = Daemon(fake_metadata="aws")
+    src = os.path.join(d.tmp, "ck")
+    os.mkdir(src)
+    with open(os.path.join(src, "a.bin"), "wb") as f:
+        f.write(b"x" * 1000)
+    blocker = os.path.join(d.tmp, "blocker")
+    open(blocker, "w").close()
+    with open(d.config_path, "a") as f:
+        f.write(f'\n[upload "ck"]\nsource = {src}\ndestination = file://{blocker}/sub/\n')
+    with d:
+        r = d.ctl("upload", check=False)
+        check(r.returncode == 1 and "object" in r.stdout and "failed" in r.stdout and "1 object(s) failed" in r.stderr,
+              f"per-object lines and the failure are printed, exit 1: {r.stdout.strip()} / {r.stderr.strip()}")
+        up = d.records("upload")
+        check(len(up) == 1 and up[0]["SPOTWATCH_STATE"] == "failed" and "Not a directory" in up[0]["SPOTWATCH_ERROR"],
+              "the upload record names the reason")
+
+
 def test_bad_destination():
     d = Daemon(fake_metadata="aws", wait_ready=False)
     with open(d.config_path, "a") as f:
@@ -73,4 +93,4 @@ def test_bad_destination():
 
 
 if __name__ == "__main__":
-    main([test_plan_uploads_newest, test_upload_by_hand, test_bad_destination])
+    main([test_plan_uploads_newest, test_upload_by_hand, test_failed_upload_by_hand, test_bad_destination])
