@@ -33,6 +33,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glob.h>
+#include <signal.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <openssl/evp.h>
@@ -1304,6 +1305,40 @@ static void file_verify_step(UploadStage *s, Transfer *t) {
 }
 
 /* Start the copy: destination directory, source, temporary file. */
+/*
+ * A daemon that crashed mid-copy left ".NAME.spotwatch-tmp-PID" behind: remove
+ * the ones of @prefix whose PID no longer exists (a live PID, even of another
+ * program, is left alone). Best effort; errors are ignored.
+ */
+static void remove_stale_tmp(int dir_fd, const char *prefix, size_t prefix_len) {
+        DIR *d;
+        struct dirent *de;
+        int fd;
+
+        fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return;
+        d = fdopendir(fd);
+        if (!d) {
+                (void) close(fd);
+                return;
+        }
+        while ((de = readdir(d))) {
+                char *end;
+                long pid;
+
+                if (strncmp(de->d_name, prefix, prefix_len) != 0)
+                        continue;
+                errno = 0;
+                pid = strtol(de->d_name + prefix_len, &end, 10);
+                if (errno != 0 || *end != 0 || pid <= 0 || pid == (long) getpid() || pid > INT32_MAX)
+                        continue;
+                if (kill((pid_t) pid, 0) < 0 && errno == ESRCH)
+                        (void) unlinkat(dirfd(d), de->d_name, 0);
+        }
+        closedir(d);
+}
+
 static void file_begin(UploadStage *s, Transfer *t) {
         const char *dir = t->job->dest_path, *name = t->item->name;
         char suffix[64];
@@ -1350,6 +1385,7 @@ static void file_begin(UploadStage *s, Transfer *t) {
         t->tmp_name[0] = '.';
         memcpy(t->tmp_name + 1, name, keep);
         memcpy(t->tmp_name + 1 + keep, suffix, (size_t) r + 1);
+        remove_stale_tmp(t->dir_fd, t->tmp_name, 1 + keep + strlen(UPLOAD_TMP_SUFFIX));
 
         t->tmp_fd = openat(t->dir_fd, t->tmp_name,
                            O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0644);

@@ -5,6 +5,7 @@ checkpoint, verified, with one record per object; `spotwatchctl upload` does
 the same by hand and skips what the manifest says is already there."""
 import filecmp
 import os
+import subprocess
 import sys
 import time
 
@@ -46,6 +47,13 @@ def test_plan_uploads_newest():
 
 def test_upload_by_hand():
     d, src, out = setup()
+    os.mkdir(out)
+    dead_pid = subprocess.Popen(["true"])
+    dead_pid.wait()
+    stale = os.path.join(out, f".new.bin.spotwatch-tmp-{dead_pid.pid}")
+    live = os.path.join(out, f".new.bin.spotwatch-tmp-{os.getpid()}")
+    for path in (stale, live):
+        open(path, "w").close()
     with d:
         r = d.ctl("upload")
         check("sent" in r.stdout and os.path.exists(os.path.join(out, "new.bin")), "spotwatchctl upload sends")
@@ -59,6 +67,9 @@ def test_upload_by_hand():
         check(os.path.getsize(os.path.join(out, "new.bin")) == 3 * 1024 * 1024 + 5, "the new version is there")
         r = d.ctl("upload", "nosuch", check=False)
         check(r.returncode == 1 and "no [upload \"nosuch\"]" in r.stderr, "an unknown upload name is an error")
+        check(not os.path.exists(stale), "a temporary file a crashed daemon left (dead PID) is removed")
+        check(os.path.exists(live), "one whose PID is alive is left alone")
+        os.unlink(live)
         check(not [f for f in os.listdir(out) if "spotwatch-tmp" in f], "no temporary files left behind")
 
 
