@@ -1016,6 +1016,17 @@ static void azure_plan_finished(Provider *p, const NoticeEvent *ev) {
         for (size_t i = 0; i < a->n_acks; i++)
                 if (streq(a->acks[i].id, ev->id))
                         return;
+        /* Gone from the document (cancelled, or over): Azure would refuse the StartRequests. */
+        bool tracked = false;
+        for (size_t i = 0; i < a->n_tracked; i++)
+                if (streq(a->tracked[i].ev.id, ev->id))
+                        tracked = true;
+        if (!tracked) {
+                if (p->cb.on_ack)
+                        p->cb.on_ack(p, ev, -ECANCELED,
+                                     "not sent: the event is no longer scheduled (cancelled, or over)", p->userdata);
+                return;
+        }
         if (a->n_acks >= AZURE_ACKS_MAX) {
                 if (p->cb.on_ack)
                         p->cb.on_ack(p, ev, -ENOBUFS, "too many acknowledgements waiting", p->userdata);

@@ -726,11 +726,11 @@ static void test_provider_loop(void) {
         ASSERT_EQ(l.acks, 1);
         ASSERT_EQ(l.poll_errors, 0);
 
-        /* An ack for an event the service does not know: its answer is reported. */
+        /* No ack for an event that is not (or no longer) scheduled: Azure would refuse it. */
         NoticeEvent gone = { .kind = EVENT_PREEMPT, .cloud = CLOUD_AZURE, .id = "azure:NOT-THERE" };
         provider_plan_finished(l.p, &gone);
         run_until(&l, &l.acks, 1);
-        ASSERT_EQ(l.ack_error, -EIO);
+        ASSERT_EQ(l.ack_error, -ECANCELED);
 
         /* Never above the fake's 5 requests per second, which would have been a 429. */
         ASSERT_EQ(l.poll_errors, 0);
