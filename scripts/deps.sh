@@ -4,6 +4,7 @@
 # are missing (and only those, so a warm machine stays fast).
 #   need_packages build        what it takes to build
 #   need_packages build test   ... and to run every test
+#   need_packages build fuzz   ... and to build the libFuzzer targets (scripts/fuzz)
 
 BUILD_PACKAGES=(gcc libc6-dev meson ninja-build pkg-config
     libuv1-dev libcurl4-openssl-dev libsystemd-dev libinih-dev libjson-c-dev libmicrohttpd-dev
@@ -12,6 +13,8 @@ BUILD_PACKAGES=(gcc libc6-dev meson ninja-build pkg-config
 # journald and systemd-analyze for the tests; util-linux: unshare.
 RUN_PACKAGES=(python3 procps)
 TEST_PACKAGES=(python3 systemd util-linux procps)
+# clang's libFuzzer and sanitizer runtimes.
+FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 
 need_packages() {
     local want=() missing=() p
@@ -20,6 +23,7 @@ need_packages() {
             build) want+=("${BUILD_PACKAGES[@]}") ;;
             run) want+=("${RUN_PACKAGES[@]}") ;;
             test) want+=("${TEST_PACKAGES[@]}") ;;
+            fuzz) want+=("${FUZZ_PACKAGES[@]}") ;;
         esac
     done
     for p in "${want[@]}"; do
