@@ -32,7 +32,6 @@ from harness import Daemon, check, count_plans, spawn_sleeper, usr1_count, wait_
 from fake_imds import (ACTION_PATH, ASG_PATH, INSTANCE_ID_PATH, MAINTENANCE_PATH, REBALANCE_PATH,  # noqa: E402
                        TOKEN_PATH, FakeImds, rfc3339)
 
-NAME = "test_aws_protocol"
 TTL = 3
 POLL = 0.2
 REBALANCE_EVERY = 5.0    # daemon/provider-aws.h: AWS_REBALANCE_INTERVAL_USEC
@@ -194,17 +193,5 @@ def phase_whole_run(fake):
     check(len(ports) == 1, f"one TCP connection for all {len(log)} requests")
 
 
-def main():
-    try:
-        run()
-    except Exception as e:  # noqa: BLE001 - print it, fail the test
-        import traceback
-        traceback.print_exc()
-        print(f"{NAME}: FAILED after {harness.CHECKS} checks: {e}", flush=True)
-        return 1
-    print(f"{NAME}: {harness.CHECKS} checks ok", flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    harness.main([run])

@@ -41,7 +41,6 @@ import harness  # noqa: E402
 from harness import Daemon, check, count_plans, spawn_sleeper, usr1_count, wait_until  # noqa: E402
 from fake_azure import EVENTS_PATH, NAME_PATH, VM_ID_PATH, FakeAzure  # noqa: E402
 
-NAME = "test_azure_protocol"
 FIRST_CALL_DELAY = 3.0
 EVENTS_API = "2020-07-01"
 COMPUTE_API = "2021-02-01"
@@ -307,17 +306,5 @@ def phase_fake_metadata():
         check(d.stop() == 0, "spotwatchd exits 0 on SIGTERM")
 
 
-def main():
-    try:
-        run()
-    except Exception as e:  # noqa: BLE001 - print it, fail the test
-        import traceback
-        traceback.print_exc()
-        print(f"{NAME}: FAILED after {harness.CHECKS} checks: {e}", flush=True)
-        return 1
-    print(f"{NAME}: {harness.CHECKS} checks ok", flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    harness.main([run])

@@ -29,7 +29,6 @@ import harness  # noqa: E402
 from harness import Daemon, check, count_plans, spawn_sleeper, usr1_count, wait_until  # noqa: E402
 from fake_gcp import INSTANCE_ID, MAINTENANCE, PREEMPTED, PREFIX, FakeGcp  # noqa: E402
 
-NAME = "test_gcp_protocol"
 WAIT = 2          # gcp_wait, seconds
 WATCHED = (PREEMPTED, MAINTENANCE)
 
@@ -382,20 +381,5 @@ def run_fake_metadata():
         sleeper.wait()
 
 
-def main():
-    t0 = time.monotonic()
-    try:
-        run_conversation()
-        run_preempted_at_start()
-        run_fake_metadata()
-    except Exception as e:  # noqa: BLE001 - print it, fail the test
-        import traceback
-        traceback.print_exc()
-        print(f"{NAME}: FAILED after {harness.CHECKS} checks: {e}", flush=True)
-        return 1
-    print(f"{NAME}: {harness.CHECKS} checks ok in {time.monotonic() - t0:.1f} s", flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    harness.main([run_conversation, run_preempted_at_start, run_fake_metadata])

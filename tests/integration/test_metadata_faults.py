@@ -27,7 +27,6 @@ import harness  # noqa: E402
 from harness import Daemon, check, count_plans, spawn_sleeper, usr1_count, wait_until  # noqa: E402
 from fake_imds import ACTION_PATH, REBALANCE_PATH, FakeImds, rfc3339  # noqa: E402
 
-NAME = "test_metadata_faults"
 FAULTS = tuple(os.environ.get("FAULTS", "500 503 429 garbage huge hang reset bad-json-types").split())
 FAULTED_POLLS = 3
 
@@ -119,17 +118,5 @@ def run():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main():
-    try:
-        run()
-    except Exception as e:  # noqa: BLE001 - print it, fail the test
-        import traceback
-        traceback.print_exc()
-        print(f"{NAME}: FAILED after {harness.CHECKS} checks: {e}", flush=True)
-        return 1
-    print(f"{NAME}: {harness.CHECKS} checks ok", flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    harness.main([run])

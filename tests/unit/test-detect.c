@@ -28,6 +28,7 @@
 #include "http.h"
 #include "shared/macro.h"
 #include "tests.h"
+#include "tests-loop.h"
 
 #define WAIT_MS 5000
 #define AZURE_TAG "7783-7084-3265-9085-8269-3286-77"
@@ -406,28 +407,12 @@ static void test_dmi_root_env(void) {
 
 /* ---- probes: loop helpers -------------------------------------------------- */
 
-static void tick_cb(uv_timer_t *t) {
-}
-
 static void run_until(const bool *flag) {
-        uint64_t deadline = uv_hrtime() + (uint64_t) WAIT_MS * 1000000;
-
-        ASSERT_OK(uv_timer_start(&tick, tick_cb, 20, 20));
-        while (!*flag) {
-                if (uv_hrtime() > deadline)
-                        TEST_FAIL("event did not happen within %d ms", WAIT_MS);
-                (void) uv_run(&loop, UV_RUN_ONCE);
-        }
-        ASSERT_OK(uv_timer_stop(&tick));
+        tests_run_until(&loop, &tick, flag, WAIT_MS);
 }
 
 static void run_for(uint64_t ms) {
-        uint64_t end = uv_hrtime() + ms * 1000000;
-
-        ASSERT_OK(uv_timer_start(&tick, tick_cb, 5, 5));
-        while (uv_hrtime() < end)
-                (void) uv_run(&loop, UV_RUN_ONCE);
-        ASSERT_OK(uv_timer_stop(&tick));
+        tests_run_for(&loop, &tick, ms);
 }
 
 typedef struct Outcome {

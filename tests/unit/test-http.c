@@ -22,6 +22,7 @@
 #include "shared/log.h"
 #include "shared/macro.h"
 #include "tests.h"
+#include "tests-loop.h"
 
 #define WAIT_MS 5000
 
@@ -41,29 +42,12 @@ typedef struct Result {
         size_t size;
 } Result;
 
-static void tick_cb(uv_timer_t *t) {
-}
-
 static void run_until(const bool *flag) {
-        uint64_t deadline = uv_hrtime() + (uint64_t) WAIT_MS * 1000000;
-
-        ASSERT_OK(uv_timer_start(&tick, tick_cb, 20, 20));
-        while (!*flag) {
-                if (uv_hrtime() > deadline)
-                        TEST_FAIL("event did not happen within %d ms", WAIT_MS);
-                (void) uv_run(&loop, UV_RUN_ONCE);
-        }
-        ASSERT_OK(uv_timer_stop(&tick));
+        tests_run_until(&loop, &tick, flag, WAIT_MS);
 }
 
-/* Turn the loop for about @ms without expecting anything. */
 static void run_for(uint64_t ms) {
-        uint64_t end = uv_hrtime() + ms * 1000000;
-
-        ASSERT_OK(uv_timer_start(&tick, tick_cb, 5, 5));
-        while (uv_hrtime() < end)
-                (void) uv_run(&loop, UV_RUN_ONCE);
-        ASSERT_OK(uv_timer_stop(&tick));
+        tests_run_for(&loop, &tick, ms);
 }
 
 static void on_done(HttpRequest *r, int error, long status, const char *body, size_t size, void *userdata) {
@@ -266,7 +250,7 @@ static void raw_server_stop(RawServer *rs) {
         uv_close((uv_handle_t *) &rs->listener, raw_listener_close_cb);
 
         /* @rs lives on the caller's stack: wait for every close callback. */
-        ASSERT_OK(uv_timer_start(&tick, tick_cb, 5, 5));
+        ASSERT_OK(uv_timer_start(&tick, tests_tick_cb, 5, 5));
         while (raw_conns || rs->listener.data) {
                 if (uv_hrtime() > deadline)
                         TEST_FAIL("raw server did not close");
