@@ -44,7 +44,9 @@
 #include <unistd.h>
 
 #include "action.h"
+#include "credentials.h"
 #include "shared/log.h"
+#include "store.h"
 #include "shared/macro.h"
 
 #define UPLOAD_BUF_SIZE (1024U * 1024U)
@@ -77,6 +79,7 @@ typedef struct ManifestEntry {
         uint64_t size;
         int64_t mtime_nsec;
         uint8_t sha256[SHA256_SIZE];
+        char *etag;             /* object stores: the object's ETag as verified; NULL for file:// */
         uint64_t seq;           /* write order: when the manifest is full, the lowest go first */
 } ManifestEntry;
 
@@ -106,6 +109,10 @@ typedef struct UploadJob {
         UploadItem *items;      /* newest first, once listed */
         size_t n_items, next;
         bool listed;
+
+        /* s3://, gs://, az:// */
+        UploadConfig cfg;       /* deep copy of what the store needs */
+        CredProvider *creds;    /* created at the job's first object */
 } UploadJob;
 
 typedef enum TransferPhase {
@@ -113,6 +120,8 @@ typedef enum TransferPhase {
         PHASE_CONFIRM,          /* reading the source to confirm the manifest's SHA-256: a skip? */
         PHASE_COPY,             /* source to temporary file, hashing */
         PHASE_VERIFY,           /* reading the temporary file back */
+        PHASE_REMOTE,           /* an object store upload is in flight (the loop is not spun) */
+        PHASE_CHECK,            /* asking the object store whether the manifest's object is there */
 } TransferPhase;
 
 /* The one object in flight. */
@@ -138,6 +147,13 @@ typedef struct Transfer {
         int tmp_fd;
         char tmp_name[NAME_MAX + 1]; /* "" when there is no temporary file (any more) */
         uint64_t wb_off, wb_len; /* the previous turn's range, under writeback */
+
+        /* object stores */
+        char *key;              /* prefix + name, unescaped */
+        StoreUpload *store;
+        StoreCheck *check;
+        char etag[128];         /* PHASE_CHECK: the manifest's; after a send: the store's */
+        UploadObjectStats stats;
 } Transfer;
 
 typedef struct Pending {
@@ -145,6 +161,7 @@ typedef struct Pending {
         uint64_t size;
         int64_t mtime_nsec;
         uint8_t sha256[SHA256_SIZE];
+        char *etag;
 } Pending;
 
 struct UploadStage {
@@ -154,6 +171,8 @@ struct UploadStage {
         void *userdata;
         char *state_dir;        /* NULL: no manifest */
         uint64_t until_usec;
+        UploadContext ctx;      /* metadata_url owned */
+        const UploadObjectStats *stats; /* set while on_object runs */
 
         UploadJob *jobs;
         size_t n_jobs, next_job;
@@ -312,8 +331,10 @@ static int sha256_final(UploadStage *s, uint8_t out[static SHA256_SIZE]) {
  */
 
 static void manifest_clear(Manifest *m) {
-        for (size_t i = 0; i < m->n; i++)
+        for (size_t i = 0; i < m->n; i++) {
                 free(m->entries[i].object);
+                free(m->entries[i].etag);
+        }
         free(m->entries);
         *m = (Manifest) {};
 }
@@ -344,6 +365,7 @@ static void manifest_normalize(Manifest *m) {
         for (size_t i = 0; i < m->n; i++) {
                 if (n > 0 && streq(m->entries[n - 1].object, m->entries[i].object)) {
                         free(m->entries[i].object);
+                        free(m->entries[i].etag);
                         continue;
                 }
                 m->entries[n++] = m->entries[i];
@@ -354,8 +376,10 @@ static void manifest_normalize(Manifest *m) {
                 size_t drop = m->n - MANIFEST_ENTRIES_MAX;
 
                 qsort(m->entries, m->n, sizeof(ManifestEntry), entry_compare_seq);
-                for (size_t i = 0; i < drop; i++)
+                for (size_t i = 0; i < drop; i++) {
                         free(m->entries[i].object);
+                        free(m->entries[i].etag);
+                }
                 memmove(m->entries, m->entries + drop, MANIFEST_ENTRIES_MAX * sizeof(ManifestEntry));
                 m->n = MANIFEST_ENTRIES_MAX;
                 qsort(m->entries, m->n, sizeof(ManifestEntry), entry_compare_object);
@@ -363,7 +387,7 @@ static void manifest_normalize(Manifest *m) {
 }
 
 static int manifest_append(Manifest *m, size_t *allocated, const char *object, uint64_t size,
-                           int64_t mtime_nsec, const uint8_t *sha256) {
+                           int64_t mtime_nsec, const uint8_t *sha256, const char *etag) {
         ManifestEntry *e;
 
         if (m->n == *allocated) {
@@ -385,13 +409,20 @@ static int manifest_append(Manifest *m, size_t *allocated, const char *object, u
         e->object = strdup(object);
         if (!e->object)
                 return -ENOMEM;
+        if (etag) {
+                e->etag = strdup(etag);
+                if (!e->etag) {
+                        free(e->object);
+                        return -ENOMEM;
+                }
+        }
         m->n++;
         return 0;
 }
 
-/* "OBJECT SIZE MTIME_NSEC SHA256"; -EINVAL for anything else. */
+/* "OBJECT SIZE MTIME_NSEC SHA256" or "OBJECT SIZE MTIME_NSEC etag:ETAG"; -EINVAL for anything else. */
 static int manifest_parse_line(char *line, char **ret_object, uint64_t *ret_size, int64_t *ret_mtime,
-                               uint8_t *ret_sha256) {
+                               uint8_t *ret_sha256, char **ret_etag) {
         uint8_t sha256[SHA256_SIZE];
         char *f[4], *end;
         unsigned long long size;
@@ -420,7 +451,13 @@ static int manifest_parse_line(char *line, char **ret_object, uint64_t *ret_size
         mtime = strtoll(f[2], &end, 10);
         if (errno != 0 || *end != '\0')
                 return -EINVAL;
-        if (hex_decode(f[3], sha256, SHA256_SIZE) < 0)
+        *ret_etag = NULL;
+        if (strncmp(f[3], "etag:", 5) == 0) {
+                if (isempty(f[3] + 5) || strlen(f[3] + 5) >= 128)
+                        return -EINVAL;
+                memset(sha256, 0, sizeof(sha256));
+                *ret_etag = f[3] + 5;
+        } else if (hex_decode(f[3], sha256, SHA256_SIZE) < 0)
                 return -EINVAL;
 
         memcpy(ret_sha256, sha256, SHA256_SIZE);
@@ -492,14 +529,14 @@ static int manifest_load(const char *dir, Manifest *ret) {
                 uint8_t sha256[SHA256_SIZE];
                 uint64_t size;
                 int64_t mtime;
-                char *object;
+                char *object, *etag;
 
                 *nl = '\0';
                 if (*p == '#' || (size_t) (nl - p) > MANIFEST_LINE_MAX || memchr(p, '\0', (size_t) (nl - p)))
                         continue;
-                if (manifest_parse_line(p, &object, &size, &mtime, sha256) < 0)
+                if (manifest_parse_line(p, &object, &size, &mtime, sha256, &etag) < 0)
                         continue;
-                r = manifest_append(&m, &allocated, object, size, mtime, sha256);
+                r = manifest_append(&m, &allocated, object, size, mtime, sha256, etag);
                 if (r < 0) {
                         manifest_clear(&m);
                         return r;
@@ -566,8 +603,11 @@ static int manifest_write(const char *dir, const Manifest *m) {
                 const ManifestEntry *e = &order[i];
 
                 (void) fprintf(f, "%s %" PRIu64 " %" PRId64 " ", e->object, e->size, e->mtime_nsec);
-                for (size_t k = 0; k < SHA256_SIZE; k++)
-                        (void) fprintf(f, "%02x", e->sha256[k]);
+                if (e->etag)
+                        (void) fprintf(f, "etag:%s", e->etag);
+                else
+                        for (size_t k = 0; k < SHA256_SIZE; k++)
+                                (void) fprintf(f, "%02x", e->sha256[k]);
                 (void) fputc('\n', f);
         }
         if (fflush(f) != 0 || ferror(f))
@@ -613,7 +653,7 @@ static int manifest_flush(UploadStage *s) {
         for (size_t i = 0; i < s->n_pending; i++) {
                 const Pending *p = &s->pending[i];
 
-                r = manifest_append(&disk, &allocated, p->object, p->size, p->mtime_nsec, p->sha256);
+                r = manifest_append(&disk, &allocated, p->object, p->size, p->mtime_nsec, p->sha256, p->etag);
                 if (r < 0)
                         goto finish;
         }
@@ -622,8 +662,10 @@ static int manifest_flush(UploadStage *s) {
         if (r < 0)
                 goto finish;
 
-        for (size_t i = 0; i < s->n_pending; i++)
+        for (size_t i = 0; i < s->n_pending; i++) {
                 free(s->pending[i].object);
+                free(s->pending[i].etag);
+        }
         s->n_pending = 0;
         s->manifest_written_usec = now_monotonic_usec();
 finish:
@@ -661,6 +703,13 @@ static int manifest_record(UploadStage *s, const Transfer *t) {
         p->object = strdup(t->object);
         if (!p->object)
                 return -ENOMEM;
+        if (t->etag[0]) {
+                p->etag = strdup(t->etag);
+                if (!p->etag) {
+                        free(p->object);
+                        return -ENOMEM;
+                }
+        }
         s->n_pending++;
         return 0;
 }
@@ -979,6 +1028,7 @@ static void settle(UploadStage *s, const UploadJob *j, const char *source, const
         if (s->cb.on_object)
                 s->cb.on_object(s, j->name, source, object, bytes, duration_usec, skipped, error, detail,
                                 s->userdata);
+        s->stats = NULL;
 }
 
 /* Report @it as failed without trying it. */
@@ -995,6 +1045,9 @@ static void settle_untried(UploadStage *s, const UploadJob *j, const UploadItem 
 /* ---- the transfer: source side ---------------------------------------------- */
 
 static void transfer_release(UploadStage *s, Transfer *t) {
+        t->store = store_upload_free(t->store);
+        t->check = store_check_free(t->check);
+        t->key = mfree(t->key);
         if (t->tmp_name[0] && t->dir_fd >= 0 && unlinkat(t->dir_fd, t->tmp_name, 0) < 0 && errno != ENOENT)
                 log_debug_errno(errno, "Failed to remove '%s/%s': %m", t->job->dest_path, t->tmp_name);
         t->tmp_name[0] = '\0';
@@ -1014,8 +1067,11 @@ static void transfer_end(UploadStage *s, bool skipped, int error, const char *de
         const UploadJob *j = t->job;
         const UploadItem *it = t->item;
         uint64_t duration = now_monotonic_usec() - t->start_usec, bytes = t->size;
+        UploadObjectStats stats = t->stats;
 
         assert(t->phase != PHASE_NONE);
+        if (!skipped && error == 0 && stats.parts == 0)
+                stats.parts = 1; /* a file:// copy */
         transfer_release(s, t);
 
         if (error == 0 && !skipped && s->n_pending > 0 &&
@@ -1027,6 +1083,7 @@ static void transfer_end(UploadStage *s, bool skipped, int error, const char *de
                 if (s->closing)
                         return;
         }
+        s->stats = &stats;
         settle(s, j, it->path, object, bytes, duration, skipped, error, detail);
 }
 
@@ -1113,6 +1170,7 @@ static bool file_present(const UploadJob *j, const UploadItem *it, uint64_t size
 }
 
 static void file_begin(UploadStage *s, Transfer *t);
+static void remote_begin(UploadStage *s, Transfer *t);
 
 /* The source changed while it was read: read it again once, then give up. */
 static void file_changed(UploadStage *s, Transfer *t) {
@@ -1462,11 +1520,149 @@ static void confirm_step(UploadStage *s, Transfer *t) {
         case UPLOAD_FILE:
                 file_begin(s, t);
                 return;
+        case UPLOAD_S3:
+        case UPLOAD_GS:
+        case UPLOAD_AZ:
+                remote_begin(s, t);
+                return;
         case _UPLOAD_SCHEME_MAX:
         case _UPLOAD_SCHEME_INVALID:
                 break;
         }
         assert(false);
+}
+
+/* ---- the transfer: object stores ------------------------------------------------ */
+
+static int job_creds(UploadStage *s, UploadJob *j) {
+        if (j->creds)
+                return 0;
+        if (!s->ctx.http)
+                return -EOPNOTSUPP;
+        return cred_provider_new(s->loop, s->ctx.http, &j->cfg, s->ctx.cloud, s->ctx.metadata_url,
+                                 s->ctx.request_timeout_usec, &j->creds);
+}
+
+static StoreParams remote_params(UploadStage *s, Transfer *t) {
+        return (StoreParams) {
+                .loop = s->loop,
+                .http = s->ctx.http,
+                .upload = &t->job->cfg,
+                .creds = t->job->creds,
+                .key = t->key,
+                .fd = t->src_fd,
+                .size = t->size,
+                .until_usec = s->until_usec,
+        };
+}
+
+static void idle_cb(uv_idle_t *idle);
+
+/* Back from a callback: let the idle handle drive the stage again. */
+static void stage_wake(UploadStage *s) {
+        if (!s->closing && !s->done)
+                (void) uv_idle_start(&s->idle, idle_cb);
+}
+
+static void remote_sent(StoreUpload *u, int error, const char *detail, const StoreResult *res, void *userdata) {
+        UploadStage *s = userdata;
+        Transfer *t = &s->xfer;
+        struct stat st;
+        int r;
+
+        assert(t->store == u);
+        t->store = store_upload_free(t->store);
+        t->stats.parts = res->parts;
+        t->stats.retries += res->retries;
+        stage_wake(s);
+
+        if (error < 0) {
+                transfer_fail(s, error, "%s", detail ? detail : strerror(-error));
+                return;
+        }
+        /* The store has what we read; was it what the file is now? */
+        if (fstat(t->src_fd, &st) < 0) {
+                r = -errno;
+                transfer_fail(s, r, "cannot stat source: %s", strerror(-r));
+                return;
+        }
+        if ((uint64_t) st.st_size != t->size || timespec_nsec(&st.st_mtim) != t->mtime_nsec) {
+                if (t->restarts > 0) {
+                        transfer_end(s, false, -EBUSY, "source changed while being read");
+                        return;
+                }
+                /* A trainer still writing: once more, from the file as it is now. */
+                t->restarts++;
+                remote_begin(s, t);
+                return;
+        }
+        (void) snprintf(t->etag, sizeof(t->etag), "%s", res->etag);
+        r = manifest_record(s, t);
+        if (r < 0)
+                manifest_failed(s, r, "record in");
+        if (s->closing)
+                return;
+        transfer_end(s, false, 0, NULL);
+}
+
+static void remote_begin(UploadStage *s, Transfer *t) {
+        StoreParams p;
+        int r;
+
+        t->phase = PHASE_REMOTE;
+        t->etag[0] = '\0';
+        r = job_creds(s, t->job);
+        if (r < 0) {
+                transfer_fail(s, r, "cannot set up credentials: %s", strerror(-r));
+                return;
+        }
+        r = source_open(s, t);
+        if (r == -EBADF) {
+                transfer_end(s, false, r, "source is no longer a regular file");
+                return;
+        }
+        if (r < 0) {
+                transfer_fail(s, r, "cannot open source: %s", strerror(-r));
+                return;
+        }
+        p = remote_params(s, t);
+        r = store_upload_start(&p, remote_sent, s, &t->store);
+        if (r < 0)
+                transfer_fail(s, r, "cannot start the upload: %s", strerror(-r));
+}
+
+static void remote_checked(StoreCheck *c, int result, const char *detail, void *userdata) {
+        UploadStage *s = userdata;
+        Transfer *t = &s->xfer;
+
+        t->check = store_check_free(t->check);
+        stage_wake(s);
+        if (result > 0) {
+                transfer_end(s, true, 0, NULL);
+                return;
+        }
+        if (result < 0)
+                log_debug("Upload '%s': cannot tell whether %s is already there (%s), sending it", t->job->name,
+                          t->object, strna(detail));
+        remote_begin(s, t);
+}
+
+/* The manifest says this object went out unchanged: is it still in the store, the same? */
+static void remote_check(UploadStage *s, Transfer *t, const char *etag) {
+        StoreParams p;
+        int r;
+
+        t->phase = PHASE_CHECK;
+        r = job_creds(s, t->job);
+        if (r < 0) {
+                transfer_fail(s, r, "cannot set up credentials: %s", strerror(-r));
+                return;
+        }
+        p = remote_params(s, t);
+        p.fd = -EBADF;
+        r = store_check_start(&p, etag, remote_checked, s, &t->check);
+        if (r < 0)
+                remote_begin(s, t);
 }
 
 static void transfer_step(UploadStage *s) {
@@ -1481,6 +1677,11 @@ static void transfer_step(UploadStage *s) {
                 return;
         case PHASE_VERIFY:
                 file_verify_step(s, t);
+                return;
+        case PHASE_REMOTE:
+        case PHASE_CHECK:
+                /* Driven by the store's callbacks: do not spin the loop meanwhile. */
+                (void) uv_idle_stop(&s->idle);
                 return;
         case PHASE_NONE:
                 break;
@@ -1514,7 +1715,10 @@ static void item_begin(UploadStage *s, UploadJob *j, UploadItem *it) {
                 .tmp_fd = -EBADF,
         };
         t->object = url_join(j->dest_url, it->name, "");
-        if (!t->object) {
+        if (j->scheme != UPLOAD_FILE && asprintf(&t->key, "%s%s", j->cfg.prefix, it->name) < 0)
+                t->key = NULL;
+        if (!t->object || (j->scheme != UPLOAD_FILE && !t->key)) {
+                t->object = mfree(t->object);
                 settle_untried(s, j, it, -ENOMEM, NULL);
                 return;
         }
@@ -1530,6 +1734,14 @@ static void item_begin(UploadStage *s, UploadJob *j, UploadItem *it) {
                 switch (j->scheme) {
                 case UPLOAD_FILE:
                         present = file_present(j, it, e->size);
+                        break;
+                case UPLOAD_S3:
+                case UPLOAD_GS:
+                case UPLOAD_AZ:
+                        if (e->etag) {
+                                remote_check(s, t, e->etag);
+                                return;
+                        }
                         break;
                 case _UPLOAD_SCHEME_MAX:
                 case _UPLOAD_SCHEME_INVALID:
@@ -1554,6 +1766,11 @@ send:
         switch (j->scheme) {
         case UPLOAD_FILE:
                 file_begin(s, t);
+                return;
+        case UPLOAD_S3:
+        case UPLOAD_GS:
+        case UPLOAD_AZ:
+                remote_begin(s, t);
                 return;
         case _UPLOAD_SCHEME_MAX:
         case _UPLOAD_SCHEME_INVALID:
@@ -1627,6 +1844,10 @@ static void idle_cb(uv_idle_t *idle) {
         while (!s->closing && !s->done) {
                 if (s->xfer.phase != PHASE_NONE) {
                         /* Checked before every chunk: the deadline cuts the object in flight. */
+                        if (s->xfer.phase == PHASE_REMOTE || s->xfer.phase == PHASE_CHECK) {
+                                transfer_step(s); /* the store keeps the deadline itself */
+                                return;
+                        }
                         if (deadline_reached(s))
                                 transfer_end(s, false, -ETIME, "deadline reached");
                         else {
@@ -1640,7 +1861,24 @@ static void idle_cb(uv_idle_t *idle) {
         }
 }
 
+static void upload_config_done(UploadConfig *c) {
+        free(c->account);
+        free(c->bucket);
+        free(c->prefix);
+        free(c->endpoint);
+        free(c->region);
+        free(c->access_key_id);
+        free(c->secret_access_key);
+        free(c->session_token);
+        free(c->account_key);
+        free(c->sas_token);
+        free(c->name);
+        free(c->destination);
+}
+
 static void job_done(UploadJob *j) {
+        cred_provider_free(j->creds);
+        upload_config_done(&j->cfg);
         job_free_items(j);
         free(j->name);
         free(j->source);
@@ -1656,9 +1894,13 @@ static UploadStage *upload_stage_free(UploadStage *s) {
                 job_done(&s->jobs[i]);
         free(s->jobs);
         manifest_clear(&s->manifest);
-        for (size_t i = 0; i < s->n_pending; i++)
+        for (size_t i = 0; i < s->n_pending; i++) {
                 free(s->pending[i].object);
+                free(s->pending[i].etag);
+        }
         free(s->pending);
+        free((char *) s->ctx.metadata_url);
+        free(s->xfer.key);
         free(s->xfer.object);
         EVP_MD_CTX_free(s->md);
         free(s->buf);
@@ -1671,12 +1913,44 @@ static void idle_close_cb(uv_handle_t *handle) {
         upload_stage_free(container_of((uv_idle_t *) handle, UploadStage, idle));
 }
 
+static int strdup_opt(char **to, const char *from) {
+        if (!from)
+                return 0;
+        *to = strdup(from);
+        return *to ? 0 : -ENOMEM;
+}
+
+/* What a store needs of the [upload], owned by the job (the Config may be reloaded meanwhile). */
+static int store_config_copy(UploadConfig *to, const UploadConfig *from) {
+        *to = (UploadConfig) {
+                .scheme = from->scheme,
+                .part_size = from->part_size,
+                .concurrency = from->concurrency,
+                .checksum = from->checksum,
+                .sync = from->sync,
+                .sync_rate = from->sync_rate,
+                .line = from->line,
+        };
+        if (strdup_opt(&to->name, from->name) < 0 || strdup_opt(&to->destination, from->destination) < 0 ||
+            strdup_opt(&to->account, from->account) < 0 || strdup_opt(&to->bucket, from->bucket) < 0 ||
+            strdup_opt(&to->prefix, from->prefix ? from->prefix : "") < 0 ||
+            strdup_opt(&to->endpoint, from->endpoint) < 0 || strdup_opt(&to->region, from->region) < 0 ||
+            strdup_opt(&to->access_key_id, from->access_key_id) < 0 ||
+            strdup_opt(&to->secret_access_key, from->secret_access_key) < 0 ||
+            strdup_opt(&to->session_token, from->session_token) < 0 ||
+            strdup_opt(&to->account_key, from->account_key) < 0 || strdup_opt(&to->sas_token, from->sas_token) < 0)
+                return -ENOMEM;
+        return 0;
+}
+
 static int job_copy(UploadJob *to, const UploadConfig *from) {
-        if (!from->name || !from->source || !from->dest_path)
+        int r;
+
+        if (!from->name || !from->source || (from->scheme == UPLOAD_FILE && !from->dest_path))
                 return -EINVAL;
         to->name = strdup(from->name);
         to->source = strdup(from->source);
-        to->dest_path = strdup(from->dest_path);
+        to->dest_path = strdup(from->dest_path ? from->dest_path : "");
         if (!to->name || !to->source || !to->dest_path)
                 return -ENOMEM;
         to->scheme = from->scheme;
@@ -1690,6 +1964,22 @@ static int job_copy(UploadJob *to, const UploadConfig *from) {
                 if (!to->dest_url)
                         return -ENOMEM;
                 return 0;
+        case UPLOAD_S3:
+        case UPLOAD_GS:
+        case UPLOAD_AZ: {
+                _cleanup_free_ char *prefix = NULL;
+
+                if (!from->bucket || (from->scheme == UPLOAD_AZ && !from->account))
+                        return -EINVAL;
+                r = store_config_copy(&to->cfg, from);
+                if (r < 0)
+                        return r;
+                prefix = store_object_url(&to->cfg, to->cfg.prefix);
+                if (!prefix)
+                        return -ENOMEM;
+                to->dest_url = TAKE_PTR(prefix);
+                return 0;
+        }
         case _UPLOAD_SCHEME_MAX:
         case _UPLOAD_SCHEME_INVALID:
                 break;
@@ -1698,8 +1988,8 @@ static int job_copy(UploadJob *to, const UploadConfig *from) {
 }
 
 int upload_stage_new(uv_loop_t *loop, const UploadConfig *uploads, size_t n_uploads, const char *only,
-                     const char *state_dir, uint64_t until_usec, const UploadStageCallbacks *cb,
-                     void *userdata, UploadStage **ret) {
+                     const char *state_dir, const UploadContext *ctx, uint64_t until_usec,
+                     const UploadStageCallbacks *cb, void *userdata, UploadStage **ret) {
         size_t n = 0;
         UploadStage *s;
         int r;
@@ -1728,6 +2018,17 @@ int upload_stage_new(uv_loop_t *loop, const UploadConfig *uploads, size_t n_uplo
                 .tmp_fd = -EBADF,
         };
 
+        if (ctx) {
+                s->ctx = *ctx;
+                s->ctx.metadata_url = NULL;
+                if (ctx->metadata_url) {
+                        s->ctx.metadata_url = strdup(ctx->metadata_url);
+                        if (!s->ctx.metadata_url) {
+                                r = -ENOMEM;
+                                goto fail;
+                        }
+                }
+        }
         if (state_dir) {
                 s->state_dir = strdup(state_dir);
                 if (!s->state_dir) {
@@ -1796,4 +2097,23 @@ void upload_stage_close(UploadStage *s) {
         if (r < 0)
                 manifest_failed(s, r, "write");
         uv_close((uv_handle_t *) &s->idle, idle_close_cb);
+}
+
+const UploadObjectStats *upload_stage_object_stats(UploadStage *s) {
+        return s ? s->stats : NULL;
+}
+
+const char *upload_stage_progress(UploadStage *s, uint64_t *ret_done, uint64_t *ret_size) {
+        const Transfer *t = &s->xfer;
+
+        if (t->phase == PHASE_NONE || !t->object)
+                return NULL;
+        *ret_size = t->size;
+        if (t->phase == PHASE_REMOTE)
+                *ret_done = store_upload_progress(t->store);
+        else if (t->phase == PHASE_COPY)
+                *ret_done = t->done;
+        else
+                *ret_done = 0;
+        return t->object;
 }

@@ -49,6 +49,8 @@ struct Plan {
         SignalStage *signal;
         HookStage *hook_stage;
         UploadStage *upload_stage;
+        UploadContext upload_ctx;
+        char *metadata_url;     /* upload_ctx's, owned */
         PlanSummary summary;
 };
 
@@ -62,6 +64,7 @@ static void plan_free(Plan *p) {
         if (p->upload_stage)
                 upload_stage_close(p->upload_stage);
         free(p->instance_id);
+        free(p->metadata_url);
         free(p->hooks);
         free(p->extra.name);
         strv_free(p->extra.argv);
@@ -197,7 +200,10 @@ static void on_upload_object(UploadStage *s, const char *upload, const char *sou
                              uint64_t bytes, uint64_t duration_usec, bool skipped, int error, const char *detail,
                              void *userdata) {
         Plan *p = userdata;
-        report_upload(&p->event, upload, source, object, bytes, duration_usec, skipped, error, detail);
+        const UploadObjectStats *st = upload_stage_object_stats(s);
+
+        report_upload(&p->event, upload, source, object, bytes, duration_usec, skipped, error, detail,
+                      st ? st->parts : 0, st ? st->retries : 0);
 }
 
 static void on_upload_manifest(UploadStage *s, int error, const char *detail, void *userdata) {
@@ -227,7 +233,7 @@ static int plan_start_uploads(Plan *p) {
 
         p->stage = PLAN_STAGE_UPLOADS;
         r = upload_stage_new(p->loop, p->config->uploads, p->config->n_uploads, NULL, p->config->state_dir,
-                             p->until_usec, &cb, p, &p->upload_stage);
+                             &p->upload_ctx, p->until_usec, &cb, p, &p->upload_stage);
         if (r < 0)
                 return r;
         return upload_stage_start(p->upload_stage);
@@ -360,6 +366,25 @@ int plan_mark_done(Plan *p, pid_t pid) {
         if (p->stage != PLAN_STAGE_SIGNAL || !p->signal)
                 return -ESRCH;
         return signal_stage_mark_done(p->signal, pid);
+}
+
+int plan_set_upload_context(Plan *p, const UploadContext *ctx) {
+        char *url = NULL;
+
+        if (ctx->metadata_url) {
+                url = strdup(ctx->metadata_url);
+                if (!url)
+                        return -ENOMEM;
+        }
+        free(p->metadata_url);
+        p->metadata_url = url;
+        p->upload_ctx = *ctx;
+        p->upload_ctx.metadata_url = url;
+        return 0;
+}
+
+UploadStage *plan_upload_stage(Plan *p) {
+        return p ? p->upload_stage : NULL;
 }
 
 void plan_close(Plan *p) {

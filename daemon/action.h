@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "http.h"
 #include "event.h"
 
 uint64_t now_monotonic_usec(void);
@@ -89,6 +90,20 @@ void hook_stage_close(HookStage *s);
 
 typedef struct UploadStage UploadStage;
 
+/* What the object stores (s3://, gs://, az://) need from the daemon. */
+typedef struct UploadContext {
+        Http *http;                /* NULL: only file:// destinations work */
+        CloudKind cloud;           /* whose metadata service has the instance credentials */
+        const char *metadata_url;  /* its base URL (the fake's in --fake-metadata mode); copied */
+        uint64_t request_timeout_usec; /* each metadata request */
+} UploadContext;
+
+/* About the object just settled, valid inside on_object only. */
+typedef struct UploadObjectStats {
+        unsigned parts;            /* 1 for a single PUT or a file:// copy, 0 if nothing was sent */
+        unsigned retries;          /* requests sent again */
+} UploadObjectStats;
+
 /* The manifest of what was sent, in state_dir: "OBJECT SIZE MTIME_NSEC SHA256" lines. */
 #define UPLOAD_MANIFEST_FILE "uploads"
 /* Files sent per [upload] at most (newest first); older matches are reported failed (-E2BIG). */
@@ -130,8 +145,15 @@ typedef struct UploadStageCallbacks {
  * the skipped ones).
  */
 int upload_stage_new(uv_loop_t *loop, const UploadConfig *uploads, size_t n_uploads, const char *only,
-                     const char *state_dir, uint64_t until_usec, const UploadStageCallbacks *cb, void *userdata,
-                     UploadStage **ret);
+                     const char *state_dir, const UploadContext *ctx, uint64_t until_usec,
+                     const UploadStageCallbacks *cb, void *userdata, UploadStage **ret);
+/** upload_stage_object_stats() - parts and retries of the object on_object reports; only inside on_object. */
+const UploadObjectStats *upload_stage_object_stats(UploadStage *s);
+/**
+ * upload_stage_progress() - the object in flight: its URL (NULL if none),
+ * bytes done and its size. For `spotwatchctl status`.
+ */
+const char *upload_stage_progress(UploadStage *s, uint64_t *ret_done, uint64_t *ret_size);
 /** upload_stage_start() - on_done is always called later from the loop, never from inside this call. */
 int upload_stage_start(UploadStage *s);
 /** upload_stage_close() - stop (a partial object is removed, never left half-visible), free from the loop. */
@@ -162,6 +184,10 @@ typedef void (*PlanDoneFn)(Plan *p, const PlanSummary *summary, void *userdata);
  */
 int plan_new(uv_loop_t *loop, const Config *config, const NoticeEvent *ev, const char *instance_id,
              const HookConfig *extra_hook, PlanDoneFn done, void *userdata, Plan **ret);
+/** plan_set_upload_context() - what the upload stage needs for object stores (copied); before plan_start(). */
+int plan_set_upload_context(Plan *p, const UploadContext *ctx);
+/** plan_upload_stage() - the running upload stage, or NULL. */
+UploadStage *plan_upload_stage(Plan *p);
 int plan_start(Plan *p);
 /** plan_mark_done() - forwards `spotwatchctl done PID` to the signal stage. */
 int plan_mark_done(Plan *p, pid_t pid);

@@ -18,6 +18,7 @@
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <ini.h>
 #include <limits.h>
@@ -64,6 +65,9 @@ static const char *const section_kind_table[_SECTION_KIND_MAX] = {
 
 static const char *const upload_scheme_table[_UPLOAD_SCHEME_MAX] = {
         [UPLOAD_FILE] = "file",
+        [UPLOAD_S3] = "s3",
+        [UPLOAD_GS] = "gs",
+        [UPLOAD_AZ] = "az",
 };
 
 const char *upload_scheme_to_string(UploadScheme s) {
@@ -474,16 +478,102 @@ static int file_url_path(const char *value, char **ret, char *reason, size_t siz
         return 0;
 }
 
+/* The characters of an S3 bucket / Azure container name (lower case, digits, '-', '.'). */
+static bool bucket_name_ok(const char *b, size_t n) {
+        if (n < 3 || n > 63)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!((b[i] >= 'a' && b[i] <= 'z') || (b[i] >= '0' && b[i] <= '9') || b[i] == '-' ||
+                      b[i] == '.' || b[i] == '_'))
+                        return false;
+        return true;
+}
+
+/*
+ * "s3://bucket/prefix/", "gs://bucket/prefix/", "az://account/container/prefix/":
+ * the bucket (and account) and the key prefix ("" or ending in '/'; a prefix
+ * written without the trailing '/' gets one, so objects are prefix/NAME).
+ */
+static int store_url_parse(UploadConfig *u, UploadScheme scheme, const char *value, char *reason, size_t size) {
+        const char *p = value + 5, *slash;
+        _cleanup_free_ char *account = NULL, *bucket = NULL, *prefix = NULL;
+        size_t n;
+
+        if (strpbrk(p, "?#%\\")) {
+                (void) snprintf(reason, size,
+                                "invalid destination '%s', write the prefix without '?', '#', '%%' or '\\'",
+                                value);
+                return -EINVAL;
+        }
+        if (scheme == UPLOAD_AZ) {
+                slash = strchr(p, '/');
+                n = slash ? (size_t) (slash - p) : strlen(p);
+                if (n < 3 || n > 24 || strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789") < n) {
+                        (void) snprintf(reason, size,
+                                        "invalid destination '%s', must be az://ACCOUNT/CONTAINER/PREFIX/ with a "
+                                        "storage account name of 3-24 lower-case letters and digits",
+                                        value);
+                        return -EINVAL;
+                }
+                account = strndup(p, n);
+                if (!account)
+                        return -ENOMEM;
+                p = slash ? slash + 1 : p + n;
+        }
+        slash = strchr(p, '/');
+        n = slash ? (size_t) (slash - p) : strlen(p);
+        if (!bucket_name_ok(p, n)) {
+                (void) snprintf(reason, size,
+                                "invalid destination '%s', the %s name must be 3-63 characters of a-z, 0-9, "
+                                "'-', '.' (write %s)",
+                                value, scheme == UPLOAD_AZ ? "container" : "bucket",
+                                scheme == UPLOAD_AZ ? "az://ACCOUNT/CONTAINER/PREFIX/"
+                                : scheme == UPLOAD_GS ? "gs://BUCKET/PREFIX/"
+                                                      : "s3://BUCKET/PREFIX/");
+                return -EINVAL;
+        }
+        bucket = strndup(p, n);
+        if (!bucket)
+                return -ENOMEM;
+        p = slash ? slash + 1 : p + n;
+        while (*p == '/')
+                p++;
+        n = strlen(p);
+        if (strstr(p, "//") || strstr(p, "/../") || strncmp(p, "../", 3) == 0 || streq(p, "..")) {
+                (void) snprintf(reason, size, "invalid destination '%s', the prefix has an empty or '..' part",
+                                value);
+                return -EINVAL;
+        }
+        if (n > 512) {
+                (void) snprintf(reason, size, "invalid destination '%s', the prefix is longer than 512 bytes", value);
+                return -EINVAL;
+        }
+        if (asprintf(&prefix, "%s%s", p, n > 0 && p[n - 1] != '/' ? "/" : "") < 0)
+                return -ENOMEM;
+
+        free(u->account);
+        free(u->bucket);
+        free(u->prefix);
+        u->account = TAKE_PTR(account);
+        u->bucket = TAKE_PTR(bucket);
+        u->prefix = TAKE_PTR(prefix);
+        return 0;
+}
+
 static int set_upload_destination(const ConfigItem *item, const char *value, void *field, char *reason,
                                   size_t size) {
-        static const char *const later[] = { "s3://", "gs://", "az://" };
+        static const struct {
+                const char *prefix;
+                UploadScheme scheme;
+        } stores[] = { { "s3://", UPLOAD_S3 }, { "gs://", UPLOAD_GS }, { "az://", UPLOAD_AZ } };
         UploadConfig *u = container_of((char **) field, UploadConfig, destination);
         _cleanup_free_ char *path = NULL;
         int r;
 
         if (isempty(value)) {
                 (void) snprintf(reason, size,
-                                "empty value, a destination URL such as file:///DIR/ is needed");
+                                "empty value, a destination URL such as s3://BUCKET/PREFIX/ or file:///DIR/ "
+                                "is needed");
                 return -EINVAL;
         }
         for (const char *p = value; *p; p++)
@@ -492,16 +582,22 @@ static int set_upload_destination(const ConfigItem *item, const char *value, voi
                                         "invalid destination '%s', contains a control character", value);
                         return -EINVAL;
                 }
-        for (size_t i = 0; i < ELEMENTSOF(later); i++)
-                if (strncmp(value, later[i], strlen(later[i])) == 0) {
-                        (void) snprintf(reason, size,
-                                        "%s destinations are not supported by this version yet "
-                                        "(only file://)",
-                                        later[i]);
-                        return -EOPNOTSUPP;
+        for (size_t i = 0; i < ELEMENTSOF(stores); i++)
+                if (strncmp(value, stores[i].prefix, 5) == 0) {
+                        r = store_url_parse(u, stores[i].scheme, value, reason, size);
+                        if (r < 0)
+                                return r;
+                        r = replace_string(&u->destination, value);
+                        if (r < 0)
+                                return r;
+                        u->scheme = stores[i].scheme;
+                        return 0;
                 }
         if (strncmp(value, "file://", 7) != 0) {
-                (void) snprintf(reason, size, "invalid destination '%s', must be a file:///DIR/ URL", value);
+                (void) snprintf(reason, size,
+                                "invalid destination '%s', must be s3://BUCKET/PREFIX/, gs://BUCKET/PREFIX/, "
+                                "az://ACCOUNT/CONTAINER/PREFIX/ or file:///DIR/",
+                                value);
                 return -EINVAL;
         }
 
@@ -515,6 +611,104 @@ static int set_upload_destination(const ConfigItem *item, const char *value, voi
         u->dest_path = TAKE_PTR(path);
         u->scheme = UPLOAD_FILE;
         return 0;
+}
+
+/* "8M", "64MiB", "1G", "5242880": bytes, binary units. */
+static int set_upload_size(const ConfigItem *item, const char *value, void *field, char *reason, size_t size) {
+        char *end = NULL;
+        unsigned long long v;
+        uint64_t mult = 1;
+
+        errno = 0;
+        v = strtoull(value, &end, 10);
+        if (isempty(value) || !isdigit((unsigned char) value[0]) || errno != 0 || end == value)
+                goto bad;
+        if (streq(end, "") || streq(end, "B"))
+                mult = 1;
+        else if (streq(end, "K") || streq(end, "KiB"))
+                mult = UINT64_C(1) << 10;
+        else if (streq(end, "M") || streq(end, "MiB"))
+                mult = UINT64_C(1) << 20;
+        else if (streq(end, "G") || streq(end, "GiB"))
+                mult = UINT64_C(1) << 30;
+        else
+                goto bad;
+        if (v > item->max / mult || v * mult < item->min) {
+                (void) snprintf(reason, size, "size '%s' is out of range, must be between %" PRIu64 " MiB and %" PRIu64
+                                " MiB", value, item->min >> 20, item->max >> 20);
+                return -ERANGE;
+        }
+        *(uint64_t *) field = v * mult;
+        return 0;
+bad:
+        (void) snprintf(reason, size, "invalid size '%s', write bytes or a number with K, M or G (e.g. 64M)",
+                        value);
+        return -EINVAL;
+}
+
+static int set_upload_concurrency(const ConfigItem *item, const char *value, void *field, char *reason,
+                                  size_t size) {
+        long v;
+        int r;
+
+        r = parse_int(value, 1, UPLOAD_CONCURRENCY_MAX, &v);
+        if (r < 0) {
+                (void) snprintf(reason, size, "invalid concurrency '%s', must be an integer between 1 and %u", value,
+                                UPLOAD_CONCURRENCY_MAX);
+                return r;
+        }
+        *(unsigned *) field = (unsigned) v;
+        return 0;
+}
+
+static const char *const upload_checksum_table[_UPLOAD_CHECKSUM_MAX] = {
+        [UPLOAD_CHECKSUM_MD5] = "md5",
+        [UPLOAD_CHECKSUM_CRC32C] = "crc32c",
+        [UPLOAD_CHECKSUM_SHA256] = "sha256",
+        [UPLOAD_CHECKSUM_NONE] = "none",
+};
+
+const char *upload_checksum_to_string(UploadChecksum c) {
+        if (c < 0 || c >= _UPLOAD_CHECKSUM_MAX)
+                return NULL;
+        return upload_checksum_table[c];
+}
+
+static int set_upload_checksum(const ConfigItem *item, const char *value, void *field, char *reason,
+                               size_t size) {
+        for (UploadChecksum c = 0; c < _UPLOAD_CHECKSUM_MAX; c++)
+                if (streq(value, upload_checksum_table[c])) {
+                        *(UploadChecksum *) field = c;
+                        return 0;
+                }
+        (void) snprintf(reason, size, "invalid checksum '%s', must be one of md5, crc32c, sha256, none", value);
+        return -EINVAL;
+}
+
+static int set_upload_sync(const ConfigItem *item, const char *value, void *field, char *reason, size_t size) {
+        if (streq(value, "notice"))
+                *(UploadSync *) field = UPLOAD_SYNC_NOTICE;
+        else if (streq(value, "continuous"))
+                *(UploadSync *) field = UPLOAD_SYNC_CONTINUOUS;
+        else {
+                (void) snprintf(reason, size, "invalid sync '%s', must be 'notice' or 'continuous'", value);
+                return -EINVAL;
+        }
+        return 0;
+}
+
+/* A secret or key: one line of printable, non-space characters. */
+static int set_secret(const ConfigItem *item, const char *value, void *field, char *reason, size_t size) {
+        if (isempty(value)) {
+                (void) snprintf(reason, size, "empty value");
+                return -EINVAL;
+        }
+        for (const char *p = value; *p; p++)
+                if (!isgraph((unsigned char) *p)) {
+                        (void) snprintf(reason, size, "contains a space or control character");
+                        return -EINVAL;
+                }
+        return replace_string(field, value);
 }
 
 static int set_upload_newest(const ConfigItem *item, const char *value, void *field, char *reason,
@@ -584,6 +778,20 @@ static const ConfigItem config_items[] = {
         { SECTION_UPLOAD, "source", set_upload_source, offsetof(UploadConfig, source) },
         { SECTION_UPLOAD, "destination", set_upload_destination, offsetof(UploadConfig, destination) },
         { SECTION_UPLOAD, "newest", set_upload_newest, offsetof(UploadConfig, newest) },
+        { SECTION_UPLOAD, "endpoint", set_url, offsetof(UploadConfig, endpoint) },
+        { SECTION_UPLOAD, "region", set_secret, offsetof(UploadConfig, region) },
+        { SECTION_UPLOAD, "part_size", set_upload_size, offsetof(UploadConfig, part_size), UPLOAD_PART_SIZE_MIN,
+          UPLOAD_PART_SIZE_MAX },
+        { SECTION_UPLOAD, "concurrency", set_upload_concurrency, offsetof(UploadConfig, concurrency) },
+        { SECTION_UPLOAD, "checksum", set_upload_checksum, offsetof(UploadConfig, checksum) },
+        { SECTION_UPLOAD, "access_key_id", set_secret, offsetof(UploadConfig, access_key_id) },
+        { SECTION_UPLOAD, "secret_access_key", set_secret, offsetof(UploadConfig, secret_access_key) },
+        { SECTION_UPLOAD, "session_token", set_secret, offsetof(UploadConfig, session_token) },
+        { SECTION_UPLOAD, "account_key", set_secret, offsetof(UploadConfig, account_key) },
+        { SECTION_UPLOAD, "sas_token", set_secret, offsetof(UploadConfig, sas_token) },
+        { SECTION_UPLOAD, "sync", set_upload_sync, offsetof(UploadConfig, sync) },
+        { SECTION_UPLOAD, "sync_rate", set_upload_size, offsetof(UploadConfig, sync_rate), 1024 * 1024,
+          UINT64_C(1) << 40 },
 };
 
 #undef SEC
@@ -1052,9 +1260,68 @@ static int handle_key(void *user, const char *section, const char *name, const c
 }
 
 /* The cross-field checks, once the whole file is read. */
+/* What only some destinations take, and keys that come in pairs. */
+static int check_upload(LoadState *s, const UploadConfig *u, const char *section) {
+        static const struct {
+                const char *key;
+                size_t offset;
+                unsigned schemes; /* 1 << UploadScheme */
+        } only[] = {
+#define STORES ((1U << UPLOAD_S3) | (1U << UPLOAD_GS) | (1U << UPLOAD_AZ))
+                { "endpoint", offsetof(UploadConfig, endpoint), STORES },
+                { "region", offsetof(UploadConfig, region), (1U << UPLOAD_S3) | (1U << UPLOAD_GS) },
+                { "access_key_id", offsetof(UploadConfig, access_key_id), (1U << UPLOAD_S3) | (1U << UPLOAD_GS) },
+                { "secret_access_key", offsetof(UploadConfig, secret_access_key),
+                  (1U << UPLOAD_S3) | (1U << UPLOAD_GS) },
+                { "session_token", offsetof(UploadConfig, session_token), (1U << UPLOAD_S3) | (1U << UPLOAD_GS) },
+                { "account_key", offsetof(UploadConfig, account_key), 1U << UPLOAD_AZ },
+                { "sas_token", offsetof(UploadConfig, sas_token), 1U << UPLOAD_AZ },
+#undef STORES
+        };
+        const char *scheme = upload_scheme_to_string(u->scheme);
+
+        for (size_t i = 0; i < ELEMENTSOF(only); i++)
+                if (*(char *const *) ((const char *) u + only[i].offset) && !(only[i].schemes & (1U << u->scheme)))
+                        return load_error(s, -EINVAL, u->line, section, only[i].key,
+                                          "not used with a %s:// destination", scheme);
+        if (u->scheme == UPLOAD_FILE && (u->part_size || u->concurrency || u->checksum != UPLOAD_CHECKSUM_MD5))
+                return load_error(s, -EINVAL, u->line, section,
+                                  u->part_size ? "part_size" : u->concurrency ? "concurrency" : "checksum",
+                                  "not used with a file:// destination (it is always verified with SHA-256)");
+        if (!!u->access_key_id != !!u->secret_access_key)
+                return load_error(s, -EINVAL, u->line, section,
+                                  u->access_key_id ? "secret_access_key" : "access_key_id",
+                                  "access_key_id and secret_access_key go together: set both or neither");
+        if (u->session_token && !u->access_key_id)
+                return load_error(s, -EINVAL, u->line, section, "session_token",
+                                  "a session_token needs access_key_id and secret_access_key");
+        if (u->account_key && u->sas_token)
+                return load_error(s, -EINVAL, u->line, section, "sas_token",
+                                  "set account_key or sas_token, not both");
+        if (u->account_key) {
+                size_t n = strlen(u->account_key);
+
+                if (n % 4 != 0 || strspn(u->account_key,
+                                         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") != n)
+                        return load_error(s, -EINVAL, u->line, section, "account_key",
+                                          "not a base64 storage account key");
+        }
+        if (u->sas_token && u->sas_token[0] == '?')
+                return load_error(s, -EINVAL, u->line, section, "sas_token",
+                                  "write the SAS token without the leading '?'");
+        if (u->scheme == UPLOAD_AZ &&
+            (u->checksum == UPLOAD_CHECKSUM_CRC32C || u->checksum == UPLOAD_CHECKSUM_SHA256))
+                return load_error(s, -EINVAL, u->line, section, "checksum",
+                                  "az:// destinations take checksum = md5 or none");
+        if (u->scheme == UPLOAD_FILE && u->sync == UPLOAD_SYNC_CONTINUOUS)
+                return 0;
+        return 0;
+}
+
 static int check_config(LoadState *s) {
         const Config *c = s->config;
         char a[32], b[32];
+        int r;
 
         for (size_t i = 0; i < c->n_processes; i++) {
                 const ProcessConfig *p = &c->processes[i];
@@ -1087,6 +1354,9 @@ static int check_config(LoadState *s) {
                         return load_error(s, -EINVAL, u->line, section, NULL, "no source= given");
                 if (!u->destination)
                         return load_error(s, -EINVAL, u->line, section, NULL, "no destination= given");
+                r = check_upload(s, u, section);
+                if (r < 0)
+                        return r;
         }
 
         if (c->deadline_margin_usec >= c->default_deadline_usec) {
@@ -1295,6 +1565,16 @@ Config *config_free(Config *c) {
                 free(c->uploads[i].source);
                 free(c->uploads[i].destination);
                 free(c->uploads[i].dest_path);
+                free(c->uploads[i].account);
+                free(c->uploads[i].bucket);
+                free(c->uploads[i].prefix);
+                free(c->uploads[i].endpoint);
+                free(c->uploads[i].region);
+                free(c->uploads[i].access_key_id);
+                free(c->uploads[i].secret_access_key);
+                free(c->uploads[i].session_token);
+                free(c->uploads[i].account_key);
+                free(c->uploads[i].sas_token);
         }
         free(c->uploads);
 

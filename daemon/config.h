@@ -41,9 +41,35 @@ typedef struct HookConfig {
 
 typedef enum UploadScheme {
         UPLOAD_FILE,  /* file:///path/ : a directory on this machine (NFS, a second disk) */
+        UPLOAD_S3,    /* s3://bucket/prefix/ : S3 or an S3-compatible store (endpoint =) */
+        UPLOAD_GS,    /* gs://bucket/prefix/ : Google Cloud Storage through its S3-compatible XML API */
+        UPLOAD_AZ,    /* az://account/container/prefix/ : Azure Blob Storage (block blobs) */
         _UPLOAD_SCHEME_MAX,
         _UPLOAD_SCHEME_INVALID = -EINVAL,
 } UploadScheme;
+
+/* What each request (each part) carries for the store to verify. */
+typedef enum UploadChecksum {
+        UPLOAD_CHECKSUM_MD5,    /* Content-MD5 (S3, RGW, GCS, Azure all verify it); the default */
+        UPLOAD_CHECKSUM_CRC32C, /* x-amz-checksum-crc32c (AWS S3 verifies; RGW ignores it) / x-ms-content-crc64 n/a */
+        UPLOAD_CHECKSUM_SHA256, /* x-amz-content-sha256 = the payload's real hash (signed) */
+        UPLOAD_CHECKSUM_NONE,   /* UNSIGNED-PAYLOAD, nothing per request: TCP/TLS only */
+        _UPLOAD_CHECKSUM_MAX,
+        _UPLOAD_CHECKSUM_INVALID = -EINVAL,
+} UploadChecksum;
+
+typedef enum UploadSync {
+        UPLOAD_SYNC_NOTICE,     /* only in the plan and by hand (spotwatchctl upload) */
+        UPLOAD_SYNC_CONTINUOUS, /* also in the background as files appear or change */
+        _UPLOAD_SYNC_MAX,
+        _UPLOAD_SYNC_INVALID = -EINVAL,
+} UploadSync;
+
+#define UPLOAD_DEFAULT_CONCURRENCY 4U
+#define UPLOAD_CONCURRENCY_MAX 64U
+#define UPLOAD_PART_SIZE_MIN (5U * 1024U * 1024U)           /* S3's minimum but for the last part */
+#define UPLOAD_PART_SIZE_MAX (UINT64_C(5) * 1024U * 1024U * 1024U) /* S3's maximum part */
+#define UPLOAD_DEFAULT_REGION "us-east-1"
 
 typedef struct UploadConfig {
         char *name;
@@ -52,11 +78,31 @@ typedef struct UploadConfig {
         UploadScheme scheme;
         char *dest_path;    /* UPLOAD_FILE: the absolute directory, no trailing '/' */
         unsigned newest;    /* only the newest N matching files; 0 = all */
+
+        /* s3://, gs://, az:// */
+        char *account;      /* UPLOAD_AZ: the storage account; else NULL */
+        char *bucket;       /* the bucket (UPLOAD_AZ: the container) */
+        char *prefix;       /* key prefix, unescaped: "" or ending in '/' */
+        char *endpoint;     /* endpoint = "http://127.0.0.1:7480" (path-style); NULL = the store's public one */
+        char *region;       /* region = ; NULL = UPLOAD_DEFAULT_REGION (s3), "auto" (gs) */
+        uint64_t part_size; /* part_size = ; 0 = adapt to the file size */
+        unsigned concurrency; /* concurrency = parts in flight per object; default UPLOAD_DEFAULT_CONCURRENCY */
+        UploadChecksum checksum;
+        char *access_key_id;     /* s3/gs (HMAC): access_key_id = ; NULL = not set */
+        char *secret_access_key; /* secret_access_key = */
+        char *session_token;     /* session_token = */
+        char *account_key;       /* az: account_key = (base64 shared key) */
+        char *sas_token;         /* az: sas_token = (without a leading '?') */
+        UploadSync sync;
+        uint64_t sync_rate;      /* sync_rate = bytes/s for continuous sync, 0 = unlimited */
+
         unsigned line;
 } UploadConfig;
 
 /** upload_scheme_to_string() - "file"; NULL for an invalid scheme. */
 const char *upload_scheme_to_string(UploadScheme s);
+/** upload_checksum_to_string() - "md5", "crc32c", "sha256", "none"; NULL if invalid. */
+const char *upload_checksum_to_string(UploadChecksum c);
 
 typedef struct Config {
         char *path;

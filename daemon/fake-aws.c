@@ -5,7 +5,9 @@
  * that came through a proxy (X-Forwarded-For) is refused, and the spot
  * instance-action, the rebalance recommendation, a scheduled maintenance
  * event and the Auto Scaling target lifecycle state (InService, or
- * Terminated) are served as manager sets them. HTTP plumbing is
+ * Terminated) are served as manager sets them, and so is the instance role
+ * (iam/security-credentials/ lists FAKE_ROLE_NAME, whose document carries
+ * the key pair fake_server_set_credentials() set). HTTP plumbing is
  * fake-server.c's; this file owns only AWS's rules.
  */
 #include <assert.h>
@@ -26,9 +28,11 @@
 #define AWS_TOKEN_PATH "/latest/api/token"
 #define AWS_TOKEN_TTL_HEADER "X-aws-ec2-metadata-token-ttl-seconds"
 #define AWS_TOKEN_HEADER "X-aws-ec2-metadata-token"
+#define AWS_ROLES_PATH "/latest/meta-data/iam/security-credentials/"
 
 typedef struct FakeAws {
         FakeTokenRing tokens;
+        bool v1_only;            /* fake_aws_set_v1_only(): no token PUT, tokenless GETs */
 
         bool notice;
         char notice_action[16];
@@ -129,11 +133,41 @@ static enum MHD_Result aws_scheduled_events(FakeServer *s, const FakeRequest *re
         return fake_reply_json(s, req, list);
 }
 
+/* The role's document, as IMDS serves it; Token "" without a session token (the keys of a plain user). */
+static enum MHD_Result aws_role_document(FakeServer *s, const FakeRequest *req) {
+        const FakeCreds *c = &s->creds;
+        _cleanup_(json_unrefp) json_object *o = NULL;
+        uint64_t now = fake_now_realtime_usec();
+        char updated[32], expiration[32];
+        enum MHD_Result ret;
+
+        if (fake_creds_reply_raw(s, req, &ret))
+                return ret;
+        if (c->none)
+                return fake_reply_error(s, req, MHD_HTTP_NOT_FOUND, NULL);
+        if (fake_format_time(now, FAKE_TIME_RFC3339, updated, sizeof(updated)) < 0 ||
+            fake_format_time(now + c->lifetime_usec, FAKE_TIME_RFC3339, expiration, sizeof(expiration)) < 0)
+                return fake_reply_error(s, req, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+
+        o = json_object_new_object();
+        if (!o || fake_json_add_string(o, "Code", "Success") < 0 ||
+            fake_json_add_string(o, "LastUpdated", updated) < 0 ||
+            fake_json_add_string(o, "Type", "AWS-HMAC") < 0 ||
+            fake_json_add_string(o, "AccessKeyId", c->access_key_id) < 0 ||
+            fake_json_add_string(o, "SecretAccessKey", c->secret_access_key) < 0 ||
+            fake_json_add_string(o, "Token", c->session_token ?: "") < 0 ||
+            fake_json_add_string(o, "Expiration", expiration) < 0)
+                return MHD_NO;
+        return fake_reply_json_status(s, req, MHD_HTTP_OK, "text/plain", o);
+}
+
 static enum MHD_Result aws_handle(FakeServer *s, const FakeRequest *req) {
         FakeAws *a = s->state;
         const char *url = req->url, *method = req->method;
 
         if (streq(url, AWS_TOKEN_PATH)) {
+                if (a->v1_only)
+                        return fake_reply_error(s, req, MHD_HTTP_NOT_FOUND, NULL);
                 if (!streq(method, MHD_HTTP_METHOD_PUT))
                         return fake_reply_error(s, req, MHD_HTTP_METHOD_NOT_ALLOWED, MHD_HTTP_METHOD_PUT);
                 return fake_token_put(s, req, &a->tokens, AWS_TOKEN_TTL_HEADER, true, token_random);
@@ -145,12 +179,24 @@ static enum MHD_Result aws_handle(FakeServer *s, const FakeRequest *req) {
                 return fake_reply_error(s, req, MHD_HTTP_NOT_FOUND, NULL);
 
         /* IMDSv2 only: without a live session token nothing is served, not even a 404. */
-        if (!fake_token_valid(&a->tokens, fake_request_header(req, AWS_TOKEN_HEADER)))
+        if (!a->v1_only && !fake_token_valid(&a->tokens, fake_request_header(req, AWS_TOKEN_HEADER)))
                 return fake_reply_error(s, req, MHD_HTTP_UNAUTHORIZED, NULL);
 
-        if (streq(url, "/latest/meta-data/") || streq(url, "/latest/meta-data"))
-                return fake_reply_text(s, req, a->notice ? "autoscaling/\nevents/\ninstance-id\nspot/"
-                                                         : "autoscaling/\nevents/\ninstance-id");
+        if (streq(url, "/latest/meta-data/") || streq(url, "/latest/meta-data")) {
+                char list[128];
+
+                (void) snprintf(list, sizeof(list), "autoscaling/\nevents/\n%sinstance-id%s",
+                                s->creds.none ? "" : "iam/\n", a->notice ? "\nspot/" : "");
+                return fake_reply_text(s, req, list);
+        }
+        /* IMDS lists the instance profile's one role; its document is below it. */
+        if (streq(url, AWS_ROLES_PATH) || streq(url, "/latest/meta-data/iam/security-credentials")) {
+                if (s->creds.none)
+                        return fake_reply_error(s, req, MHD_HTTP_NOT_FOUND, NULL);
+                return fake_reply_text(s, req, FAKE_ROLE_NAME);
+        }
+        if (streq(url, AWS_ROLES_PATH FAKE_ROLE_NAME))
+                return aws_role_document(s, req);
         if (streq(url, "/latest/meta-data/instance-id"))
                 return fake_reply_text(s, req, FAKE_AWS_INSTANCE_ID);
         if (streq(url, "/latest/meta-data/spot/instance-action"))
@@ -211,12 +257,22 @@ static void aws_clear_notice(FakeServer *s) {
         a->asg_terminated = false;
 }
 
+int fake_aws_set_v1_only(FakeServer *s, bool on) {
+        FakeAws *a = s->state;
+
+        if (s->vt != &fake_cloud_aws)
+                return -EOPNOTSUPP;
+        a->v1_only = on;
+        return 0;
+}
+
 static const char *aws_instance_id(FakeServer *s) {
         return FAKE_AWS_INSTANCE_ID;
 }
 
 const FakeCloud fake_cloud_aws = {
         .cloud = CLOUD_AWS,
+        .creds_kind = FAKE_CREDS_KEY_PAIR,
         .server_header = "EC2ws",
         .events = "terminate, stop, hibernate, rebalance, maintenance, asg-terminated",
         .state_size = sizeof(FakeAws),

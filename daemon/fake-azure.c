@@ -7,10 +7,15 @@
  * serves the scheduledevents document ({"DocumentIncarnation": N, "Events":
  * [...]}, NotBefore in RFC 1123) with the events manager puts on it, takes
  * StartRequests POSTs (the events start, the incarnation goes up, the
- * EventIds are recorded), and serves compute/name and compute/vmId as text.
+ * EventIds are recorded), and serves compute/name and compute/vmId as text
+ * and the managed identity's token (/metadata/identity/oauth2/token, which
+ * wants a resource= and is not counted against the 5 requests/s, as its
+ * limits are separate) with the bearer token fake_server_set_credentials()
+ * set; without an identity, 400 "Identity not found", as IMDS answers.
  * HTTP plumbing is fake-server.c's; this file owns only Azure's rules.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -30,6 +35,9 @@
 #define AZURE_EVENTS_PATH "/metadata/scheduledevents"
 #define AZURE_NAME_PATH "/metadata/instance/compute/name"
 #define AZURE_VM_ID_PATH "/metadata/instance/compute/vmId"
+#define AZURE_IDENTITY_PATH "/metadata/identity/oauth2/token"
+#define FAKE_AZURE_CLIENT_ID "7e6f0e3a-5d4c-4b2a-9f1e-0c8d7b6a5f40"
+#define AZURE_JSON "application/json; charset=utf-8"
 #define BAD_BODY "Bad request. Invalid request body."
 
 typedef struct FakeAzureType {
@@ -258,12 +266,62 @@ static enum MHD_Result azure_start_requests(FakeServer *s, const FakeRequest *re
         return fake_reply(s, req, MHD_HTTP_OK, "application/json; charset=utf-8", "", 0, NULL, NULL);
 }
 
+/*
+ * The managed identity's token: {"access_token", "client_id", "expires_in",
+ * "expires_on", "ext_expires_in", "not_before", "resource", "token_type"},
+ * every number written as a string, as IMDS does.
+ */
+static enum MHD_Result azure_identity_token(FakeServer *s, const FakeRequest *req) {
+        const FakeCreds *c = &s->creds;
+        _cleanup_(json_unrefp) json_object *o = NULL;
+        const char *resource = fake_request_arg(req, "resource");
+        uint64_t now = fake_now_realtime_usec() / USEC_PER_SEC, life = c->lifetime_usec / USEC_PER_SEC;
+        char expires_in[32], expires_on[32], not_before[32];
+        enum MHD_Result ret;
+
+        if (!streq(req->method, MHD_HTTP_METHOD_GET))
+                return fake_reply_error(s, req, MHD_HTTP_METHOD_NOT_ALLOWED, MHD_HTTP_METHOD_GET);
+        if (isempty(resource)) {
+                o = json_object_new_object();
+                if (!o || fake_json_add_string(o, "error", "invalid_request") < 0 ||
+                    fake_json_add_string(o, "error_description",
+                                         "Required query variable 'resource' is missing") < 0)
+                        return MHD_NO;
+                return fake_reply_json_status(s, req, MHD_HTTP_BAD_REQUEST, AZURE_JSON, o);
+        }
+        if (fake_creds_reply_raw(s, req, &ret))
+                return ret;
+        o = json_object_new_object();
+        if (!o)
+                return MHD_NO;
+        if (c->none) {
+                if (fake_json_add_string(o, "error", "invalid_request") < 0 ||
+                    fake_json_add_string(o, "error_description", "Identity not found") < 0)
+                        return MHD_NO;
+                return fake_reply_json_status(s, req, MHD_HTTP_BAD_REQUEST, AZURE_JSON, o);
+        }
+
+        (void) snprintf(expires_in, sizeof(expires_in), "%" PRIu64, life);
+        (void) snprintf(expires_on, sizeof(expires_on), "%" PRIu64, now + life);
+        (void) snprintf(not_before, sizeof(not_before), "%" PRIu64, now);
+        if (fake_json_add_string(o, "access_token", c->token) < 0 ||
+            fake_json_add_string(o, "client_id", FAKE_AZURE_CLIENT_ID) < 0 ||
+            fake_json_add_string(o, "expires_in", expires_in) < 0 ||
+            fake_json_add_string(o, "expires_on", expires_on) < 0 ||
+            fake_json_add_string(o, "ext_expires_in", expires_in) < 0 ||
+            fake_json_add_string(o, "not_before", not_before) < 0 ||
+            fake_json_add_string(o, "resource", resource) < 0 ||
+            fake_json_add_string(o, "token_type", "Bearer") < 0)
+                return MHD_NO;
+        return fake_reply_json_status(s, req, MHD_HTTP_OK, AZURE_JSON, o);
+}
+
 static enum MHD_Result azure_handle(FakeServer *s, const FakeRequest *req) {
         FakeAzure *a = s->state;
         const char *url = req->url, *method = req->method, *metadata, *format;
         bool get = streq(method, MHD_HTTP_METHOD_GET), post = streq(method, MHD_HTTP_METHOD_POST);
 
-        if (!rate_allow(a))
+        if (!streq(url, AZURE_IDENTITY_PATH) && !rate_allow(a))
                 return azure_reply_error(s, req, MHD_HTTP_TOO_MANY_REQUESTS, "Too many requests", false);
 
         if (strncmp(url, "/metadata/", 10) != 0)
@@ -282,6 +340,8 @@ static enum MHD_Result azure_handle(FakeServer *s, const FakeRequest *req) {
                                          "For more information refer to aka.ms/azureimds",
                                          true);
 
+        if (streq(url, AZURE_IDENTITY_PATH))
+                return azure_identity_token(s, req);
         if (streq(url, AZURE_EVENTS_PATH)) {
                 if (get)
                         return azure_document(s, req);
@@ -349,6 +409,7 @@ static const char *fake_azure_instance_id(FakeServer *s) {
 
 const FakeCloud fake_cloud_azure = {
         .cloud = CLOUD_AZURE,
+        .creds_kind = FAKE_CREDS_BEARER,
         /* IMDS's own Server: header is not documented; the fake names itself. */
         .server_header = "spotwatchd-fake-imds",
         .events = "preempt, terminate, reboot, redeploy, freeze",

@@ -8,8 +8,11 @@
  * answered at once when last_etag differs from the current ETag, else parked
  * (fake_request_suspend()) until the value changes or timeout_sec passes,
  * when the unchanged value is served again. ETags change on every change of
- * a value, FALSE -> TRUE -> FALSE included. HTTP plumbing and parking are
- * fake-server.c's; this file owns only GCP's paths and rules.
+ * a value, FALSE -> TRUE -> FALSE included. instance/service-accounts/
+ * default/token serves the bearer token fake_server_set_credentials() set
+ * as {"access_token", "expires_in", "token_type"} (404 without a service
+ * account). HTTP plumbing and parking are fake-server.c's; this file owns
+ * only GCP's paths and rules.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -23,6 +26,7 @@
 #define FAKE_GCP_HOSTNAME "spotwatch-fake.c.fake-project.internal"
 #define FAKE_GCP_WAIT_MAX_SEC 3600U
 #define FAKE_GCP_SCRIPT_MAX ((size_t) 256 * 1024)
+#define FAKE_GCP_TOKEN_PATH "instance/service-accounts/default/token"
 
 /* What a parked request waits for; fake_resume() wakes one topic. */
 typedef enum FakeGcpTopic {
@@ -117,6 +121,40 @@ static enum MHD_Result gcp_reply_value(FakeServer *s, const FakeRequest *req, co
         return gcp_reply(s, req, MHD_HTTP_OK, "application/text", v->body, v->etag);
 }
 
+/* The service account's OAuth2 token, as JSON. */
+static enum MHD_Result gcp_token(FakeServer *s, const FakeRequest *req) {
+        const FakeCreds *c = &s->creds;
+        _cleanup_(json_unrefp) json_object *o = NULL;
+        json_object *expires_in;
+        const char *text;
+        size_t size;
+        enum MHD_Result ret;
+
+        if (fake_creds_reply_raw(s, req, &ret))
+                return ret;
+        if (c->none)
+                return gcp_reply_error(s, req, MHD_HTTP_NOT_FOUND,
+                                       "The requested URL was not found on this server.");
+
+        o = json_object_new_object();
+        if (!o || fake_json_add_string(o, "access_token", c->token) < 0)
+                return MHD_NO;
+        expires_in = json_object_new_int64((int64_t) (c->lifetime_usec / USEC_PER_SEC));
+        if (!expires_in)
+                return MHD_NO;
+        if (json_object_object_add(o, "expires_in", expires_in) < 0) {
+                (void) json_object_put(expires_in);
+                return MHD_NO;
+        }
+        if (fake_json_add_string(o, "token_type", "Bearer") < 0)
+                return MHD_NO;
+        text = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
+                                                 &size);
+        if (!text)
+                return MHD_NO;
+        return gcp_reply(s, req, MHD_HTTP_OK, "application/json", text, NULL);
+}
+
 /* timeout_sec as GCP takes it: whole seconds; absent means the longest wait. */
 static int parse_timeout_sec(const char *s, unsigned *ret) {
         unsigned long v = 0;
@@ -169,6 +207,8 @@ static enum MHD_Result gcp_handle(FakeServer *s, const FakeRequest *req) {
                 return gcp_reply_error(s, req, MHD_HTTP_FORBIDDEN,
                                        "Your client does not have permission to get this URL from this server. "
                                        "Missing Metadata-Flavor:Google header.");
+        if (path && streq(path, FAKE_GCP_TOKEN_PATH))
+                return gcp_token(s, req);
         if (!path || !lookup(g, path, &v))
                 return gcp_reply_error(s, req, MHD_HTTP_NOT_FOUND, "The requested URL was not found on this server.");
 
@@ -279,6 +319,7 @@ static const char *gcp_instance_id(FakeServer *s) {
 
 const FakeCloud fake_cloud_gcp = {
         .cloud = CLOUD_GCP,
+        .creds_kind = FAKE_CREDS_BEARER,
         .server_header = "Metadata Server for VM",
         .events = "preempt, maintenance, migrate",
         .state_size = sizeof(FakeGcp),

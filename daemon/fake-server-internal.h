@@ -40,8 +40,18 @@ typedef struct FakeRequest {
         size_t body_size;
 } FakeRequest;
 
+/* Which instance credentials a cloud's fake serves. */
+typedef enum FakeCredsKind {
+        FAKE_CREDS_NONE,     /* zeroed: none (Alibaba) */
+        FAKE_CREDS_KEY_PAIR, /* AWS instance role */
+        FAKE_CREDS_BEARER,   /* GCP service account, Azure managed identity */
+        _FAKE_CREDS_KIND_MAX,
+        _FAKE_CREDS_KIND_INVALID = -EINVAL,
+} FakeCredsKind;
+
 typedef struct FakeCloud {
         CloudKind cloud;
+        FakeCredsKind creds_kind;
         const char *server_header; /* the Server: header the real service sends */
         const char *events;        /* the event words set_notice() takes, for messages */
         size_t state_size;         /* zeroed memory at FakeServer.state */
@@ -53,6 +63,19 @@ typedef struct FakeCloud {
         void (*clear_notice)(FakeServer *s);
         const char *(*instance_id)(FakeServer *s);
 } FakeCloud;
+
+/* What fake_server_set_credentials() set, owned; the clouds' fakes serve it. */
+typedef struct FakeCreds {
+        bool none;
+        char *access_key_id;
+        char *secret_access_key;
+        char *session_token;     /* NULL: an empty Token */
+        char *token;             /* the bearer token */
+        uint64_t lifetime_usec;
+        unsigned raw_status;     /* non-zero: fake_server_set_credentials_reply() */
+        char *raw_body;
+        uint64_t fetches;
+} FakeCreds;
 
 struct FakeServer {
         uv_loop_t *loop;
@@ -75,15 +98,38 @@ struct FakeServer {
         unsigned n_waiters;
         uv_timer_t wait_timer;
         bool wait_timer_initialized;
+
+        FakeCreds creds;
 };
 
 extern const FakeCloud fake_cloud_aws;
+/**
+ * fake_aws_set_v1_only() - for tests: with @on, behave like an IMDS (or an
+ * emulator) without session tokens: the token PUT answers 404 and GETs need
+ * no token. -EOPNOTSUPP for another cloud's fake.
+ */
+int fake_aws_set_v1_only(FakeServer *s, bool on);
 extern const FakeCloud fake_cloud_alibaba;
 extern const FakeCloud fake_cloud_gcp;
 
 /** fake_gcp_set_shutdown_script() - serve @script (NULL: 404) as instance/attributes/shutdown-script. */
 int fake_gcp_set_shutdown_script(FakeServer *s, const char *script);
 extern const FakeCloud fake_cloud_azure;
+
+/**
+ * fake_server_set_credentials_reply() - for tests of the credentials' callers:
+ * from now on the credential document (AWS's role document, GCP's and
+ * Azure's token) is answered @status with @body as it is (JSON or garbage,
+ * as application/json); @body NULL goes back to the normal answers. -ENOMEM.
+ */
+int fake_server_set_credentials_reply(FakeServer *s, unsigned status, const char *body);
+
+/**
+ * fake_creds_reply_raw() - for a credential document request: count it, and
+ * queue the answer fake_server_set_credentials_reply() set. Returns true when
+ * it did (with MHD's answer in *@ret), false to serve normally.
+ */
+bool fake_creds_reply_raw(FakeServer *s, const FakeRequest *req, enum MHD_Result *ret);
 
 uint64_t fake_now_monotonic_usec(void);
 uint64_t fake_now_realtime_usec(void);

@@ -8,8 +8,8 @@
  * collected (bounded) and each complete request goes to the cloud's fake
  * (fake-aws.c, ...), which owns that cloud's paths and rules; the helpers
  * several fakes use (answers, time formats, random ids, the session-token
- * ring of the IMDS copies) live here too. It knows nothing of plans and logs
- * at debug level only.
+ * ring of the IMDS copies, the instance credentials the clouds' fakes hand
+ * out) live here too. It knows nothing of plans and logs at debug level only.
  */
 #include <arpa/inet.h>
 #include <assert.h>
@@ -17,6 +17,7 @@
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
@@ -169,13 +170,175 @@ int fake_json_add_string(json_object *o, const char *key, const char *value) {
         return 0;
 }
 
+/* ---- instance credentials ------------------------------------------------ */
+
+#define FAKE_DEFAULT_ACCESS_KEY_ID "ASIAFAKESPOTWATCHD00"
+#define FAKE_DEFAULT_SECRET_ACCESS_KEY "fakeSecretAccessKey/spotwatchd/000000000"
+#define FAKE_DEFAULT_SESSION_TOKEN "FakeSessionToken/spotwatchd/IQoJb3JpZ2luX2VjEFAKE"
+/* Shaped like each cloud's: a GCP OAuth2 access token, an Azure AD JWT. */
+#define FAKE_DEFAULT_GCP_TOKEN "ya29.spotwatchd-fake-bearer-token"
+#define FAKE_DEFAULT_AZURE_TOKEN "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJzdWIiOiJzcG90d2F0Y2hkLWZha2UifQ."
+
+static bool creds_value_ok(const char *v) {
+        size_t n;
+
+        if (!v)
+                return false;
+        n = strlen(v);
+        if (n == 0 || n > FAKE_CREDENTIALS_VALUE_MAX)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (v[i] <= 0x20 || v[i] >= 0x7f)
+                        return false;
+        return true;
+}
+
+static const char *env_or(const char *name, const char *fallback) {
+        const char *v = getenv(name);
+
+        return creds_value_ok(v) ? v : fallback;
+}
+
+static void creds_free_values(FakeCreds *c) {
+        free(c->access_key_id);
+        free(c->secret_access_key);
+        free(c->session_token);
+        free(c->token);
+        c->access_key_id = c->secret_access_key = c->session_token = c->token = NULL;
+}
+
+static void creds_done(FakeCreds *c) {
+        creds_free_values(c);
+        free(c->raw_body);
+        c->raw_body = NULL;
+        c->raw_status = 0;
+}
+
+static int strdup_or_null(const char *v, char **ret) {
+        *ret = NULL;
+        if (!v)
+                return 0;
+        *ret = strdup(v);
+        return *ret ? 0 : -ENOMEM;
+}
+
+int fake_server_set_credentials(FakeServer *s, const FakeCredentials *c) {
+        FakeCreds n = { .none = c->none, .lifetime_usec = c->lifetime_usec };
+        FakeCredsKind kind;
+
+        assert(s);
+        assert(c);
+
+        kind = s->vt->creds_kind;
+        if (kind == FAKE_CREDS_NONE || c->lifetime_usec > FAKE_CREDENTIALS_LIFETIME_MAX_USEC)
+                return -EINVAL;
+        if (kind == FAKE_CREDS_KEY_PAIR) {
+                if (c->token)
+                        return -EINVAL;
+                if (!c->none && (!creds_value_ok(c->access_key_id) || !creds_value_ok(c->secret_access_key)))
+                        return -EINVAL;
+                if (c->session_token && !creds_value_ok(c->session_token))
+                        return -EINVAL;
+        } else {
+                if (c->access_key_id || c->secret_access_key || c->session_token)
+                        return -EINVAL;
+                if (!c->none && !creds_value_ok(c->token))
+                        return -EINVAL;
+        }
+        if (c->none && (c->access_key_id || c->secret_access_key || c->session_token || c->token))
+                return -EINVAL;
+
+        if (strdup_or_null(c->access_key_id, &n.access_key_id) < 0 ||
+            strdup_or_null(c->secret_access_key, &n.secret_access_key) < 0 ||
+            strdup_or_null(c->session_token, &n.session_token) < 0 ||
+            strdup_or_null(c->token, &n.token) < 0) {
+                creds_free_values(&n);
+                return -ENOMEM;
+        }
+        creds_free_values(&s->creds);
+        s->creds.none = n.none;
+        s->creds.access_key_id = n.access_key_id;
+        s->creds.secret_access_key = n.secret_access_key;
+        s->creds.session_token = n.session_token;
+        s->creds.token = n.token;
+        s->creds.lifetime_usec = n.lifetime_usec;
+        return 0;
+}
+
+/* What is served until someone says otherwise: the environment's keys, else fixed fake ones. */
+static int creds_init(FakeServer *s) {
+        FakeCredentials c = { .lifetime_usec = FAKE_CREDENTIALS_LIFETIME_USEC };
+        const char *id = getenv("SPOTWATCHD_FAKE_ACCESS_KEY_ID");
+        const char *secret = getenv("SPOTWATCHD_FAKE_SECRET_ACCESS_KEY");
+
+        switch (s->vt->creds_kind) {
+        case FAKE_CREDS_KEY_PAIR:
+                if (creds_value_ok(id) && creds_value_ok(secret)) {
+                        c.access_key_id = id;
+                        c.secret_access_key = secret;
+                        c.session_token = env_or("SPOTWATCHD_FAKE_SESSION_TOKEN", NULL);
+                } else {
+                        c.access_key_id = FAKE_DEFAULT_ACCESS_KEY_ID;
+                        c.secret_access_key = FAKE_DEFAULT_SECRET_ACCESS_KEY;
+                        c.session_token = FAKE_DEFAULT_SESSION_TOKEN;
+                }
+                break;
+        case FAKE_CREDS_BEARER:
+                c.token = env_or("SPOTWATCHD_FAKE_BEARER_TOKEN", s->vt->cloud == CLOUD_AZURE
+                                                                         ? FAKE_DEFAULT_AZURE_TOKEN
+                                                                         : FAKE_DEFAULT_GCP_TOKEN);
+                break;
+        case FAKE_CREDS_NONE:
+        case _FAKE_CREDS_KIND_MAX:
+        case _FAKE_CREDS_KIND_INVALID:
+                return 0;
+        }
+        return fake_server_set_credentials(s, &c);
+}
+
+int fake_server_set_credentials_reply(FakeServer *s, unsigned status, const char *body) {
+        char *copy = NULL;
+
+        assert(s);
+
+        if (body) {
+                copy = strdup(body);
+                if (!copy)
+                        return -ENOMEM;
+        }
+        free(s->creds.raw_body);
+        s->creds.raw_body = copy;
+        s->creds.raw_status = body ? status : 0;
+        return 0;
+}
+
+bool fake_creds_reply_raw(FakeServer *s, const FakeRequest *req, enum MHD_Result *ret) {
+        s->creds.fetches++;
+        if (!s->creds.raw_body)
+                return false;
+        *ret = fake_reply(s, req, s->creds.raw_status, "application/json", s->creds.raw_body,
+                          strlen(s->creds.raw_body), NULL, NULL);
+        return true;
+}
+
+uint64_t fake_server_credential_fetches(FakeServer *s) {
+        assert(s);
+        return s->creds.fetches;
+}
+
+/* Everything fake_server_new() made before the uv handles: the cloud's state, the credentials, @s. */
+static void fake_server_free_now(FakeServer *s) {
+        if (s->vt->done)
+                s->vt->done(s);
+        creds_done(&s->creds);
+        free(s->state);
+        free(s);
+}
+
 static void fake_server_maybe_free(FakeServer *s) {
         if (!s->closing || s->n_handles > 0)
                 return;
-        if (s->vt->done)
-                s->vt->done(s);
-        free(s->state);
-        free(s);
+        fake_server_free_now(s);
 }
 
 static void handle_close_cb(uv_handle_t *handle) {
@@ -630,6 +793,11 @@ int fake_server_new(uv_loop_t *loop, CloudKind cloud, const char *address, uint1
                         return r;
                 }
         }
+        r = creds_init(s);
+        if (r < 0) {
+                fake_server_free_now(s);
+                return r;
+        }
 
         /*
          * External epoll mode: no MHD_USE_INTERNAL_POLLING_THREAD, and
@@ -654,10 +822,7 @@ int fake_server_new(uv_loop_t *loop, CloudKind cloud, const char *address, uint1
         if (!s->mhd) {
                 /* MHD has no error codes; errno is usually what bind() or epoll_create() left. */
                 r = errno > 0 ? -errno : -EIO;
-                if (vt->done)
-                        vt->done(s);
-                free(s->state);
-                free(s);
+                fake_server_free_now(s);
                 return r;
         }
 
@@ -667,10 +832,7 @@ int fake_server_new(uv_loop_t *loop, CloudKind cloud, const char *address, uint1
         s->port = info ? info->port : 0;
         if (epoll_fd < 0 || s->port == 0) {
                 MHD_stop_daemon(s->mhd);
-                if (vt->done)
-                        vt->done(s);
-                free(s->state);
-                free(s);
+                fake_server_free_now(s);
                 return -EIO;
         }
         (void) snprintf(s->url, sizeof(s->url), "%s:%u", host, (unsigned) s->port);

@@ -10,10 +10,12 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
 
 #include "event.h"
+#include "shared/macro.h"
 
 typedef struct FakeServer FakeServer;
 
@@ -44,6 +46,42 @@ int fake_server_set_notice(FakeServer *s, const char *event, uint64_t time_usec)
 void fake_server_clear_notice(FakeServer *s);
 /** fake_server_events() - the words fake_server_set_notice() takes, "a, b, c", for messages. */
 const char *fake_server_events(FakeServer *s);
+
+/*
+ * The instance's own credentials the fake hands out: AWS's instance role
+ * "spotwatchd-fake-role" (iam/security-credentials/), GCP's default service
+ * account token, Azure's managed identity token. Until told otherwise it
+ * serves SPOTWATCHD_FAKE_ACCESS_KEY_ID, SPOTWATCHD_FAKE_SECRET_ACCESS_KEY and
+ * SPOTWATCHD_FAKE_SESSION_TOKEN from the environment when the first two are
+ * set (else fixed fake keys), SPOTWATCHD_FAKE_BEARER_TOKEN (else a fixed
+ * fake token), each expiring FAKE_CREDENTIALS_LIFETIME_USEC after the
+ * request that fetched it.
+ */
+#define FAKE_ROLE_NAME "spotwatchd-fake-role"
+#define FAKE_CREDENTIALS_LIFETIME_USEC (3600 * USEC_PER_SEC)
+#define FAKE_CREDENTIALS_LIFETIME_MAX_USEC (24 * 3600 * USEC_PER_SEC)
+#define FAKE_CREDENTIALS_VALUE_MAX 2048 /* bytes of one key or token */
+
+typedef struct FakeCredentials {
+        bool none;                     /* no role / service account / identity at all */
+        const char *access_key_id;     /* AWS: required unless @none */
+        const char *secret_access_key; /* AWS: required unless @none */
+        const char *session_token;     /* AWS: NULL serves an empty Token */
+        const char *token;             /* GCP, Azure: the bearer token; required unless @none */
+        /* Each answer's Expiration (expires_in, expires_on) is this long after it: 0..MAX. */
+        uint64_t lifetime_usec;
+} FakeCredentials;
+
+/**
+ * fake_server_set_credentials() - serve @c (copied) from now on. -EINVAL for
+ * a value that is missing or not 1..FAKE_CREDENTIALS_VALUE_MAX bytes of
+ * printable ASCII without spaces, a value this cloud does not serve (a key
+ * pair on GCP or Azure, a bearer token on AWS; Alibaba serves none), or a
+ * lifetime over the maximum; -ENOMEM.
+ */
+int fake_server_set_credentials(FakeServer *s, const FakeCredentials *c);
+/** fake_server_credential_fetches() - credential documents asked for so far (whatever the answer). */
+uint64_t fake_server_credential_fetches(FakeServer *s);
 
 uint64_t fake_server_requests(FakeServer *s);
 /**

@@ -90,6 +90,12 @@ struct HttpRequest {
         HttpHeaders last; /* headers of the last finished transfer */
 
         char errbuf[CURL_ERROR_SIZE];
+
+        /* A body read from a file (HttpRequestParams.file). */
+        bool has_file;
+        HttpFileBody file;
+        uint64_t file_pos;   /* bytes of @file handed to curl */
+        int file_error;      /* pread failed or the file was shorter: -errno */
         HttpRequest *prev, *next;
 };
 
@@ -279,6 +285,11 @@ static int curlcode_to_errno(HttpRequest *r, CURLcode code, long os_errno) {
                 return -ECONNRESET;
         case CURLE_FILESIZE_EXCEEDED:
                 return -EFBIG;
+        case CURLE_ABORTED_BY_CALLBACK:
+        case CURLE_READ_ERROR:
+                if (r->file_error < 0)
+                        return r->file_error;
+                return -EIO;
         case CURLE_WRITE_ERROR:
                 if (r->overflow)
                         return -EFBIG;
@@ -697,8 +708,14 @@ static int request_build_headers(const HttpRequestParams *p, bool has_body, stru
                         return r;
         }
 
-        /* A bare "Name:" removes a header curl would add on its own. */
-        if (!header_has(p->headers, "Expect")) {
+        /*
+         * A bare "Name:" removes a header curl would add on its own. Not with
+         * SigV4: curl would sign the empty header it then does not send.
+         * There curl's own "Expect: 100-continue" on large bodies stays
+         * (unsigned, which S3 allows), and a store may refuse a part before
+         * its body is sent.
+         */
+        if (!header_has(p->headers, "Expect") && !p->aws_sigv4) {
                 r = slist_add(&l, "Expect:");
                 if (r < 0)
                         return r;
@@ -718,6 +735,7 @@ typedef enum HttpMethod {
         HTTP_PUT,
         HTTP_POST,
         HTTP_DELETE,
+        HTTP_HEAD,
         _HTTP_METHOD_MAX,
         _HTTP_METHOD_INVALID = -EINVAL,
 } HttpMethod;
@@ -727,6 +745,7 @@ static const char *const http_method_table[_HTTP_METHOD_MAX] = {
         [HTTP_PUT] = "PUT",
         [HTTP_POST] = "POST",
         [HTTP_DELETE] = "DELETE",
+        [HTTP_HEAD] = "HEAD",
 };
 
 static HttpMethod http_method_from_string(const char *s) {
@@ -742,6 +761,36 @@ static long usec_to_msec(uint64_t usec) {
         uint64_t ms = usec / USEC_PER_MSEC + (usec % USEC_PER_MSEC > 0);
 
         return (long) MIN(ms, (uint64_t) LONG_MAX);
+}
+
+/* curl asks for the next piece of a file body: pread it straight into curl's buffer. */
+static size_t read_cb(char *buf, size_t size, size_t nitems, void *userdata) {
+        HttpRequest *r = userdata;
+        uint64_t left = r->file.size - r->file_pos;
+        size_t want = (size_t) MIN((uint64_t) size * nitems, left);
+        ssize_t n;
+
+        if (want == 0)
+                return 0;
+        do
+                n = pread(r->file.fd, buf, want, (off_t) (r->file.offset + r->file_pos));
+        while (n < 0 && errno == EINTR);
+        if (n <= 0) {
+                /* A file that shrank under us: the request must fail, not send a short body. */
+                r->file_error = n < 0 ? -errno : -ENODATA;
+                return CURL_READFUNC_ABORT;
+        }
+        r->file_pos += (uint64_t) n;
+        return (size_t) n;
+}
+
+static int seek_cb(void *userdata, curl_off_t offset, int origin) {
+        HttpRequest *r = userdata;
+
+        if (origin != SEEK_SET || offset < 0 || (uint64_t) offset > r->file.size)
+                return CURL_SEEKFUNC_CANTSEEK;
+        r->file_pos = (uint64_t) offset;
+        return CURL_SEEKFUNC_OK;
 }
 
 #define SETOPT(easy, opt, val)                                          \
@@ -770,11 +819,22 @@ static int request_setopts(HttpRequest *r, const HttpRequestParams *p, HttpMetho
         SETOPT(e, CURLOPT_USERAGENT, "spotwatchd/" PACKAGE_VERSION);
         SETOPT(e, CURLOPT_HTTPHEADER, headers);
         /* curl refuses a declared Content-Length over the cap before reading any of it. */
-        SETOPT(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) MIN(r->max_body, (size_t) INT64_MAX));
+        /* A HEAD's Content-Length is the object's size, not a body coming. */
+        if (method != HTTP_HEAD)
+                SETOPT(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) MIN(r->max_body, (size_t) INT64_MAX));
         SETOPT(e, CURLOPT_WRITEFUNCTION, write_cb);
         SETOPT(e, CURLOPT_WRITEDATA, (void *) r);
         SETOPT(e, CURLOPT_HEADERFUNCTION, header_cb);
         SETOPT(e, CURLOPT_HEADERDATA, (void *) r);
+        if (p->aws_sigv4) {
+                SETOPT(e, CURLOPT_AWS_SIGV4, p->aws_sigv4);
+                SETOPT(e, CURLOPT_USERNAME, p->username ? p->username : "");
+                SETOPT(e, CURLOPT_PASSWORD, p->password ? p->password : "");
+        }
+        if (p->stall_usec > 0) {
+                SETOPT(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+                SETOPT(e, CURLOPT_LOW_SPEED_TIME, MAX(1L, usec_to_msec(p->stall_usec) / 1000L));
+        }
 
         switch (method) {
         case HTTP_GET:
@@ -784,7 +844,21 @@ static int request_setopts(HttpRequest *r, const HttpRequestParams *p, HttpMetho
                 SETOPT(e, CURLOPT_HTTPGET, 1L);
                 SETOPT(e, CURLOPT_CUSTOMREQUEST, "DELETE");
                 break;
+        case HTTP_HEAD:
+                SETOPT(e, CURLOPT_NOBODY, 1L);
+                break;
         case HTTP_PUT:
+                if (p->file) {
+                        SETOPT(e, CURLOPT_UPLOAD, 1L);
+                        SETOPT(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t) p->file->size);
+                        SETOPT(e, CURLOPT_READFUNCTION, read_cb);
+                        SETOPT(e, CURLOPT_READDATA, (void *) r);
+                        SETOPT(e, CURLOPT_SEEKFUNCTION, seek_cb);
+                        SETOPT(e, CURLOPT_SEEKDATA, (void *) r);
+                        SETOPT(e, CURLOPT_UPLOAD_BUFFERSIZE, 512L * 1024L);
+                        break;
+                }
+                __attribute__((fallthrough));
         case HTTP_POST:
                 /* Small bodies only: curl copies them, so the caller's buffer may go at once. */
                 SETOPT(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) (p->body ? p->body_size : 0));
@@ -824,6 +898,9 @@ int http_request_start(HttpRequest *r, const HttpRequestParams *p, HttpDoneFn do
                 return method;
         if (p->body_size > 0 && !p->body)
                 return -EINVAL;
+        if (p->file && (method != HTTP_PUT || p->body || p->file->fd < 0 ||
+                        p->file->size > (uint64_t) INT64_MAX - p->file->offset))
+                return -EINVAL;
         if (p->max_body > HTTP_MAX_BODY_LIMIT)
                 return -EINVAL;
 
@@ -845,6 +922,10 @@ int http_request_start(HttpRequest *r, const HttpRequestParams *p, HttpDoneFn do
         r->body_size = 0;
         r->overflow = r->oom = false;
         r->errbuf[0] = 0;
+        r->has_file = p->file;
+        r->file = p->file ? *p->file : (HttpFileBody) { .fd = -1 };
+        r->file_pos = 0;
+        r->file_error = 0;
         headers_clear(&r->rx);
 
         mc = curl_multi_add_handle(h->multi, r->easy);
@@ -917,4 +998,14 @@ const char *http_request_header(HttpRequest *r, const char *name) {
 uint64_t http_connections_opened(Http *h) {
         assert(h);
         return h->connections_opened;
+}
+
+uint64_t http_request_uploaded(HttpRequest *r) {
+        curl_off_t n = 0;
+
+        if (!r || !r->easy)
+                return 0;
+        if (curl_easy_getinfo(r->easy, CURLINFO_SIZE_UPLOAD_T, &n) != CURLE_OK || n < 0)
+                return 0;
+        return (uint64_t) n;
 }

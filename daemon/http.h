@@ -48,14 +48,34 @@ int http_request_new(Http *h, const char *name, HttpRequest **ret);
 /** http_request_free() - cancels a running request without calling back. NULL-safe. */
 HttpRequest *http_request_free(HttpRequest *r);
 
+/* A request body read from a file with pread(2) as curl sends it (never all in memory). */
+typedef struct HttpFileBody {
+        int fd;                     /* not owned; must stay open while the request runs */
+        uint64_t offset;
+        uint64_t size;
+} HttpFileBody;
+
 typedef struct HttpRequestParams {
-        const char *method;         /* "GET" (default), "PUT", "POST", "DELETE" */
+        const char *method;         /* "GET" (default), "PUT", "POST", "DELETE", "HEAD" */
         const char *url;
         const char *const *headers; /* NULL-terminated "Name: value" lines, or NULL */
         const char *body;           /* request body for PUT/POST, or NULL (empty) */
         size_t body_size;
         uint64_t timeout_usec;      /* whole request; 0 = 5 s */
         size_t max_body;            /* cap on the response body; 0 = 16 KiB, at most 256 MiB */
+        const HttpFileBody *file;   /* PUT only: the body comes from a file (instead of @body); copied */
+        /*
+         * SigV4 signing by curl (CURLOPT_AWS_SIGV4), e.g. "aws:amz:us-east-1:s3",
+         * with @username (access key id) and @password (secret). NULL: none.
+         * curl signs the headers given here too (x-amz-security-token,
+         * x-amz-content-sha256, Content-MD5, ...); the caller must supply
+         * x-amz-content-sha256 itself (curl 7.88 does not).
+         */
+        const char *aws_sigv4;
+        const char *username;
+        const char *password;
+        /* Give up when under 1 byte/s moves for this long (a stalled peer); 0 = only the timeout. */
+        uint64_t stall_usec;
 } HttpRequestParams;
 
 /**
@@ -75,6 +95,11 @@ int http_request_start(HttpRequest *r, const HttpRequestParams *p, HttpDoneFn do
  * request still counts as running. No-op if idle or already cancelled.
  */
 void http_request_cancel(HttpRequest *r);
+/**
+ * http_request_uploaded() - request body bytes sent so far by the running
+ * (or last) request; 0 before the first.
+ */
+uint64_t http_request_uploaded(HttpRequest *r);
 /** http_request_is_running() - 1 from start until the done callback has been called, else 0. */
 int http_request_is_running(HttpRequest *r);
 

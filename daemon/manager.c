@@ -262,7 +262,14 @@ static int manager_start_plan(Manager *m, const NoticeEvent *ev) {
         r = plan_new(&m->loop, m->config, ev, instance_id, k > 0 ? &extra : NULL, on_plan_done, m, &m->plan);
         if (r < 0)
                 return r;
-        r = plan_start(m->plan);
+        r = plan_set_upload_context(m->plan, &(UploadContext) {
+                                                     .http = m->http,
+                                                     .cloud = m->cloud,
+                                                     .metadata_url = m->base_url,
+                                                     .request_timeout_usec = m->config->request_timeout_usec,
+                                             });
+        if (r >= 0)
+                r = plan_start(m->plan);
         /* The signals are out (plan_start sends them at once): now make the record durable. */
         if (event_persisted(ev))
                 (void) state_sync(m->config->state_dir);
@@ -481,6 +488,19 @@ static bool client_privileged(Manager *m, ControlClient *c) {
         return control_client_uid(c) == 0 || control_client_uid(c) == geteuid();
 }
 
+/* The object an upload stage is sending, with the bytes done: "s3://b/k 123/456". */
+static void status_upload_progress(ControlClient *c, UploadStage *u) {
+        uint64_t done = 0, size = 0;
+        const char *object;
+
+        if (!u)
+                return;
+        object = upload_stage_progress(u, &done, &size);
+        if (object)
+                control_client_reply_kv(c, "upload_in_progress", "%s %" PRIu64 "/%" PRIu64 " bytes", object, done,
+                                        size);
+}
+
 static void cmd_status(Manager *m, ControlClient *c) {
         char t[64], d[32];
         Provider *p = m->provider;
@@ -530,6 +550,7 @@ static void cmd_status(Manager *m, ControlClient *c) {
                                         format_duration(d, sizeof(d), h->timeout_usec), h->argv[0]);
         }
         control_client_reply_kv(c, "plans", "%u", m->notice.n_plans);
+        status_upload_progress(c, m->upload ? m->upload : plan_upload_stage(m->plan));
         if (m->plan) {
                 control_client_reply_kv(c, "plan_stage", "%s", plan_stage_name(m->plan));
                 control_client_reply_kv(c, "plan_event", "%s",
@@ -665,6 +686,87 @@ static void cmd_fake_notice(Manager *m, ControlClient *c, const ControlRequest *
         control_client_reply_ok(c);
 }
 
+/*
+ * fake-credentials: what the fake hands out as the instance's credentials.
+ * AWS: access_key_id + secret_access_key (+ token: the session token); GCP
+ * and Azure: token (the bearer token); none=yes: no role/account/identity.
+ */
+static void cmd_fake_credentials(Manager *m, ControlClient *c, const ControlRequest *req) {
+        static const char *const keys[] = {
+                "access_key_id", "secret_access_key", "token", "expires_in", "none", NULL,
+        };
+        const char *bad = NULL, *id, *secret, *token, *expires_in, *none;
+        FakeCredentials fc = { .lifetime_usec = FAKE_CREDENTIALS_LIFETIME_USEC };
+        char d[32];
+        int r;
+
+        if (!m->fake)
+                return control_client_reply_error(c, "the daemon is not in fake-metadata mode "
+                                                     "(start it with --fake-metadata)");
+        if (control_request_check_keys(req, keys, &bad) < 0)
+                return control_client_reply_error(c, "unknown argument '%s'", bad);
+        if (!client_privileged(m, c))
+                return control_client_reply_error(c, "permission denied");
+        if (m->fake_cloud != CLOUD_AWS && m->fake_cloud != CLOUD_GCP && m->fake_cloud != CLOUD_AZURE)
+                return control_client_reply_error(c, "the fake %s metadata service serves no instance "
+                                                     "credentials", cloud_kind_to_string(m->fake_cloud));
+
+        id = control_request_get(req, "access_key_id");
+        secret = control_request_get(req, "secret_access_key");
+        token = control_request_get(req, "token");
+        expires_in = control_request_get(req, "expires_in");
+        none = control_request_get(req, "none");
+        if (none && parse_bool(none, &fc.none) < 0)
+                return control_client_reply_error(c, "none: expected yes or no, got '%s'", none);
+        if (expires_in && parse_duration(expires_in, &fc.lifetime_usec) < 0)
+                return control_client_reply_error(c, "expires-in: invalid duration '%s'", expires_in);
+        if (fc.lifetime_usec > FAKE_CREDENTIALS_LIFETIME_MAX_USEC)
+                return control_client_reply_error(c, "expires-in: '%s' is longer than %s", expires_in,
+                                                  format_duration(d, sizeof(d),
+                                                                  FAKE_CREDENTIALS_LIFETIME_MAX_USEC));
+        if (fc.none && (id || secret || token))
+                return control_client_reply_error(c, "--none takes no keys or token");
+        if (m->fake_cloud == CLOUD_AWS) {
+                if (!fc.none && (!id || !secret))
+                        return control_client_reply_error(c, "give ACCESS_KEY_ID and SECRET (or --none)");
+                fc.access_key_id = id;
+                fc.secret_access_key = secret;
+                fc.session_token = token;
+        } else {
+                if (id || secret)
+                        return control_client_reply_error(c, "%s serves a bearer token, not a key "
+                                                             "pair: give --token",
+                                                          cloud_kind_to_string(m->fake_cloud));
+                if (!fc.none && !token)
+                        return control_client_reply_error(c, "give --token TOKEN (or --none)");
+                fc.token = token;
+        }
+        r = fake_server_set_credentials(m->fake, &fc);
+        if (r == -EINVAL)
+                return control_client_reply_error(c, "keys and tokens must be 1..%d printable characters "
+                                                     "without spaces", FAKE_CREDENTIALS_VALUE_MAX);
+        if (r < 0)
+                return control_client_reply_error(c, "%s", strerror(-r));
+
+        if (fc.none)
+                log_info("Fake metadata: serving no instance credentials");
+        else
+                log_info("Fake metadata: serving %s%s%s, each answer expiring %s later",
+                         m->fake_cloud == CLOUD_AWS ? "access key " : "a new bearer token",
+                         m->fake_cloud == CLOUD_AWS ? id : "",
+                         m->fake_cloud == CLOUD_AWS && token ? " with a session token" : "",
+                         format_duration(d, sizeof(d), fc.lifetime_usec));
+        if (!fc.none) {
+                if (m->fake_cloud == CLOUD_AWS) {
+                        control_client_reply_kv(c, "role", "%s", FAKE_ROLE_NAME);
+                        control_client_reply_kv(c, "access_key_id", "%s", id);
+                }
+                control_client_reply_kv(c, "expires_in", "%s",
+                                        format_duration(d, sizeof(d), fc.lifetime_usec));
+        }
+        control_client_reply_ok(c);
+}
+
 /* The real uid of @pid from /proc, or -1. */
 static long process_uid(pid_t pid) {
         char path[64], line[256];
@@ -712,8 +814,10 @@ static void on_manual_upload_object(UploadStage *s, const char *upload, const ch
                                     uint64_t bytes, uint64_t duration_usec, bool skipped, int error,
                                     const char *detail, void *userdata) {
         Manager *m = userdata;
+        const UploadObjectStats *st = upload_stage_object_stats(s);
 
-        report_upload(NULL, upload, source, object, bytes, duration_usec, skipped, error, detail);
+        report_upload(NULL, upload, source, object, bytes, duration_usec, skipped, error, detail,
+                      st ? st->parts : 0, st ? st->retries : 0);
         if (m->upload_client)
                 control_client_reply_kv(m->upload_client, "object", "%s %s %s%s%s", object,
                                         error < 0 ? "failed" : skipped ? "skipped" : "sent", error < 0 ? "(" : "",
@@ -787,6 +891,12 @@ static void cmd_upload(Manager *m, ControlClient *c, const ControlRequest *req) 
                                                                         : "an upload is already running");
 
         r = upload_stage_new(&m->loop, m->config->uploads, m->config->n_uploads, name, m->config->state_dir,
+                             &(UploadContext) {
+                                     .http = m->http,
+                                     .cloud = m->cloud,
+                                     .metadata_url = m->base_url,
+                                     .request_timeout_usec = m->config->request_timeout_usec,
+                             },
                              now_monotonic_usec() + m->config->default_deadline_usec, &cb, m, &m->upload);
         if (r >= 0)
                 r = upload_stage_start(m->upload);
@@ -811,6 +921,8 @@ static void on_control_request(ControlClient *c, const ControlRequest *req, void
                 cmd_trigger(m, c, req);
         else if (streq(req->command, "fake-notice"))
                 cmd_fake_notice(m, c, req);
+        else if (streq(req->command, "fake-credentials"))
+                cmd_fake_credentials(m, c, req);
         else if (streq(req->command, "done"))
                 cmd_done(m, c, req);
         else if (streq(req->command, "upload"))

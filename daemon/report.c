@@ -378,7 +378,8 @@ void report_ack(const NoticeEvent *ev, int error, const char *detail) {
 }
 
 void report_upload(const NoticeEvent *ev, const char *upload, const char *source, const char *object,
-                   uint64_t bytes, uint64_t duration_usec, bool skipped, int error, const char *detail) {
+                   uint64_t bytes, uint64_t duration_usec, bool skipped, int error, const char *detail,
+                   unsigned parts, unsigned retries) {
         Record r;
         char d[32];
         /* MiB/s with two decimals, in integers: no floating point in records. */
@@ -393,8 +394,9 @@ void report_upload(const NoticeEvent *ev, const char *upload, const char *source
                 message(&r, "Upload '%s': %s is already at %s, unchanged, skipped", upload, source, object);
         else
                 message(&r, "Upload '%s': %s sent to %s, %" PRIu64 " bytes in %s (%" PRIu64 ".%02" PRIu64
-                            " MiB/s), verified",
-                        upload, source, object, bytes, d, centi / 100, centi % 100);
+                            " MiB/s, %u part%s, %u retr%s), verified",
+                        upload, source, object, bytes, d, centi / 100, centi % 100, parts, parts == 1 ? "" : "s",
+                        retries, retries == 1 ? "y" : "ies");
         event_fields(&r, ev);
         field(&r, "SPOTWATCH_UPLOAD", "%s", upload);
         field(&r, "SPOTWATCH_SOURCE", "%s", source);
@@ -403,6 +405,10 @@ void report_upload(const NoticeEvent *ev, const char *upload, const char *source
         field(&r, "SPOTWATCH_DURATION_USEC", "%" PRIu64, duration_usec);
         if (error >= 0 && !skipped)
                 field(&r, "SPOTWATCH_MIBPS", "%" PRIu64 ".%02" PRIu64, centi / 100, centi % 100);
+        if (!skipped) {
+                field(&r, "SPOTWATCH_PARTS", "%u", parts);
+                field(&r, "SPOTWATCH_RETRIES", "%u", retries);
+        }
         field(&r, "SPOTWATCH_STATE", "%s", error < 0 ? "failed" : skipped ? "skipped" : "sent");
         if (error < 0) {
                 field(&r, "SPOTWATCH_ERROR", "%s", detail ? detail : strerror(-error));

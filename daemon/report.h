@@ -49,4 +49,5 @@ void report_cancel(const NoticeEvent *ev);
 void report_ack(const NoticeEvent *ev, int error, const char *detail);
 /** One object of an [upload]: sent, skipped (already there, unchanged) or failed. @ev may be NULL (by hand). */
 void report_upload(const NoticeEvent *ev, const char *upload, const char *source, const char *object,
-                   uint64_t bytes, uint64_t duration_usec, bool skipped, int error, const char *detail);
+                   uint64_t bytes, uint64_t duration_usec, bool skipped, int error, const char *detail,
+                   unsigned parts, unsigned retries);

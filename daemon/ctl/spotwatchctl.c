@@ -34,6 +34,14 @@ static void help(void) {
                "                                  hibernate, rebalance, ...; gcp: preempt, maintenance;\n"
                "                                  azure: preempt, terminate, reboot, ...); its time is\n"
                "                                  SECONDS from now (120)\n"
+               "  fake-credentials ACCESS_KEY_ID SECRET [--token T] [--expires-in SECONDS]\n"
+               "  fake-credentials --token T [--expires-in SECONDS]\n"
+               "  fake-credentials --none\n"
+               "                                  fake-metadata mode: the instance credentials the fake\n"
+               "                                  serves: aws: the instance role's key pair (--token: its\n"
+               "                                  session token); gcp, azure: the bearer token. Each\n"
+               "                                  answer expires SECONDS after it (3600); --none: no\n"
+               "                                  instance role, service account or identity\n"
                "  upload [NAME]                   send the files of every [upload] (or of NAME) now,\n"
                "                                  newest first, skipping unchanged ones; prints each\n"
                "  ping                            check that the daemon answers\n"
@@ -139,7 +147,19 @@ static int run(const char *path, const char *command, const char *line, bool wai
 }
 
 int main(int argc, char *argv[]) {
-        enum { ARG_SOCKET = 0x100, ARG_VERSION, ARG_WAIT, ARG_ACTION, ARG_EVENT, ARG_IN, ARG_CLEAR, ARG_PID };
+        enum {
+                ARG_SOCKET = 0x100,
+                ARG_VERSION,
+                ARG_WAIT,
+                ARG_ACTION,
+                ARG_EVENT,
+                ARG_IN,
+                ARG_CLEAR,
+                ARG_PID,
+                ARG_TOKEN,
+                ARG_EXPIRES_IN,
+                ARG_NONE,
+        };
         static const struct option options[] = {
                 { "socket", required_argument, NULL, ARG_SOCKET },
                 { "config", required_argument, NULL, 'c' },
@@ -151,12 +171,15 @@ int main(int argc, char *argv[]) {
                 { "in", required_argument, NULL, ARG_IN },
                 { "clear", no_argument, NULL, ARG_CLEAR },
                 { "pid", required_argument, NULL, ARG_PID },
+                { "token", required_argument, NULL, ARG_TOKEN },
+                { "expires-in", required_argument, NULL, ARG_EXPIRES_IN },
+                { "none", no_argument, NULL, ARG_NONE },
                 {},
         };
         _cleanup_(config_freep) Config *config = NULL;
         const char *socket_path = NULL, *config_path = NULL, *command;
-        const char *action = NULL, *event = NULL, *in = NULL, *pid = NULL;
-        bool wait = false, clear = false;
+        const char *action = NULL, *event = NULL, *in = NULL, *pid = NULL, *token = NULL, *expires_in = NULL;
+        bool wait = false, clear = false, none = false;
         char line[CONTROL_LINE_MAX];
         int c, r = 0;
 
@@ -193,6 +216,15 @@ int main(int argc, char *argv[]) {
                 case ARG_PID:
                         pid = optarg;
                         break;
+                case ARG_TOKEN:
+                        token = optarg;
+                        break;
+                case ARG_EXPIRES_IN:
+                        expires_in = optarg;
+                        break;
+                case ARG_NONE:
+                        none = true;
+                        break;
                 default:
                         fprintf(stderr, "Try 'spotwatchctl --help'.\n");
                         return 1;
@@ -202,8 +234,16 @@ int main(int argc, char *argv[]) {
                 return 1;
         }
         command = argv[optind];
-        /* Only `upload` takes a word after the command: the [upload] section's name. */
-        if (optind + 1 < argc && !(streq(command, "upload") && optind + 2 == argc)) {
+        /*
+         * Only `upload` takes a word after the command (the [upload] section's
+         * name), and `fake-credentials` two (the key pair).
+         */
+        if (streq(command, "fake-credentials") && optind + 2 == argc) {
+                fprintf(stderr, "spotwatchctl: fake-credentials: give both ACCESS_KEY_ID and SECRET\n");
+                return 1;
+        }
+        if (optind + 1 < argc && !(streq(command, "upload") && optind + 2 == argc) &&
+            !(streq(command, "fake-credentials") && optind + 3 == argc)) {
                 fprintf(stderr, "spotwatchctl: unexpected argument '%s'\n", argv[optind + 1]);
                 return 1;
         }
@@ -221,6 +261,9 @@ int main(int argc, char *argv[]) {
                 socket_path = CONTROL_SOCKET;
 
         (void) snprintf(line, sizeof(line), "%s", command);
+        /* The options only fake-credentials takes. */
+        if ((token || expires_in || none) && !streq(command, "fake-credentials"))
+                goto bad_option;
         if (streq(command, "status") || streq(command, "ping")) {
                 if (wait || action || event || in || clear || pid)
                         goto bad_option;
@@ -241,6 +284,20 @@ int main(int argc, char *argv[]) {
                         r = add_arg(line, sizeof(line), "in", in);
                 if (r >= 0 && clear)
                         r = add_arg(line, sizeof(line), "clear", "yes");
+        } else if (streq(command, "fake-credentials")) {
+                if (wait || action || event || in || clear || pid)
+                        goto bad_option;
+                if (optind + 3 == argc) {
+                        r = add_arg(line, sizeof(line), "access_key_id", argv[optind + 1]);
+                        if (r >= 0)
+                                r = add_arg(line, sizeof(line), "secret_access_key", argv[optind + 2]);
+                }
+                if (r >= 0 && token)
+                        r = add_arg(line, sizeof(line), "token", token);
+                if (r >= 0 && expires_in)
+                        r = add_arg(line, sizeof(line), "expires_in", expires_in);
+                if (r >= 0 && none)
+                        r = add_arg(line, sizeof(line), "none", "yes");
         } else if (streq(command, "upload")) {
                 if (wait || action || event || in || clear || pid)
                         goto bad_option;

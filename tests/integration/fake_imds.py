@@ -28,6 +28,15 @@ Served paths:
     GET /latest/meta-data/autoscaling/target-lifecycle-state
                                                404 while .asg_state is None (not in an Auto Scaling
                                                group), else that text ("InService", "Terminated")
+    GET /latest/meta-data/iam/security-credentials/
+                                               the instance role's name .role, or 404 while it is None
+    GET /latest/meta-data/iam/security-credentials/ROLE
+                                               {"Code": "Success", "LastUpdated", "Type": "AWS-HMAC",
+                                               "AccessKeyId", "SecretAccessKey", "Token", "Expiration"}
+                                               from .credentials (a dict of the three keys; Token "" for
+                                               none), Expiration .credentials_lifetime seconds after the
+                                               request; .role_document (a str) replaces the whole answer,
+                                               with status .role_status, for tests of bad documents
 GETs need a valid, unexpired token (else 401) unless token_mode is "optional"
 (IMDSv1 allowed) or "unsupported" (the PUT answers 403, as with IMDSv2 off).
 
@@ -61,6 +70,7 @@ ACTION_PATH = "/latest/meta-data/spot/instance-action"
 REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
 MAINTENANCE_PATH = "/latest/meta-data/events/maintenance/scheduled"
 ASG_PATH = "/latest/meta-data/autoscaling/target-lifecycle-state"
+ROLES_PATH = "/latest/meta-data/iam/security-credentials/"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 FAULTS = (None, "500", "503", "429", "garbage", "huge", "hang", "reset", "401-once", "bad-json-types")
@@ -135,9 +145,32 @@ class _Handler(fakebase.TokenHandler):
             if state is None:
                 return self._send(404, "Not Found")
             return self._send(200, state)
+        if self.path in (ROLES_PATH, ROLES_PATH.rstrip("/")):
+            if fake.role is None:
+                return self._send(404, "Not Found")
+            return self._send(200, fake.role)
+        if fake.role is not None and self.path == ROLES_PATH + fake.role:
+            return self._role_document(fake)
         if self.path in ("/latest/meta-data", "/latest/meta-data/"):
-            return self._send(200, "instance-id\nspot/\nevents/\n" + ("autoscaling/\n" if fake.asg_state else ""))
+            return self._send(200, "instance-id\nspot/\nevents/\n" + ("autoscaling/\n" if fake.asg_state else "")
+                              + ("iam/\n" if fake.role is not None else ""))
         return self._send(404, "Not Found")
+
+    def _role_document(self, fake):
+        fake.credential_fetches += 1
+        if fake.role_document is not None:
+            return self._send(fake.role_status, fake.role_document)
+        creds = dict(fake.credentials)
+        doc = {
+            "Code": "Success",
+            "LastUpdated": rfc3339(),
+            "Type": "AWS-HMAC",
+            "AccessKeyId": creds.get("AccessKeyId", ""),
+            "SecretAccessKey": creds.get("SecretAccessKey", ""),
+            "Token": creds.get("Token") or "",
+            "Expiration": rfc3339(fake.credentials_lifetime),
+        }
+        return self._send(200, json.dumps(doc))
 
     def _instance_action(self, fake):
         fault = fake.fault
@@ -175,6 +208,13 @@ class FakeImds(fakebase.TokenFake):
         self.rebalance = None             # RFC 3339 time or None
         self.maintenance = []             # scheduled events: dicts from maintenance_event()
         self.asg_state = None             # target lifecycle state text, or None: 404 (no Auto Scaling group)
+        self.role = "spotwatchd-test-role"  # the instance role's name, or None: no instance role (404)
+        self.credentials = {"AccessKeyId": "ASIAPYTHONFAKE000001", "SecretAccessKey": "python-fake-secret",
+                            "Token": "python-fake-session-token"}
+        self.credentials_lifetime = 3600  # seconds from each answer to its Expiration
+        self.role_document = None         # a str served instead of the role's document
+        self.role_status = 200            # with role_document
+        self.credential_fetches = 0       # role documents asked for
         # .fault: one of FAULTS; .hang_seconds, .tokens_granted: see fakebase
 
 
@@ -190,6 +230,12 @@ def main():
     ap.add_argument("--maintenance", metavar="CODE",
                     help="serve an active scheduled event with this code (e.g. instance-retirement), due in --in")
     ap.add_argument("--asg-state", metavar="STATE", help="serve this target lifecycle state (e.g. Terminated)")
+    ap.add_argument("--access-key-id", help="the instance role's access key id")
+    ap.add_argument("--secret-access-key", help="the instance role's secret access key")
+    ap.add_argument("--session-token", default=None, help="the instance role's session token (default: none)")
+    ap.add_argument("--credentials-lifetime", type=int, default=3600,
+                    help="seconds from each role document to its Expiration (default 3600)")
+    ap.add_argument("--no-role", action="store_true", help="serve no instance role (404)")
     args = fakebase.parse_args(ap, FAULTS, "instance-action")
 
     fake = FakeImds(port=args.port, max_ttl=args.max_ttl, instance_id=args.instance_id,
@@ -201,6 +247,12 @@ def main():
     if args.maintenance:
         fake.maintenance = [maintenance_event(args.maintenance, not_before=event_time(args.in_seconds))]
     fake.asg_state = args.asg_state
+    if args.access_key_id or args.secret_access_key:
+        fake.credentials = {"AccessKeyId": args.access_key_id or "", "SecretAccessKey": args.secret_access_key or "",
+                            "Token": args.session_token or ""}
+    fake.credentials_lifetime = args.credentials_lifetime
+    if args.no_role:
+        fake.role = None
     fake.fault = args.fault
     return fakebase.serve(fake)
 

@@ -68,6 +68,18 @@ CASES = [
         ":3: [process \"trainer\"] signal: invalid signal 'SIGUSR3' (write e.g. SIGUSR1, USR1 or 10)",
     ),
     (
+        "bucket name S3 does not allow",
+        '[upload "checkpoints"]\nsource = /data/ckpt\ndestination = s3://My_Bucket/ckpt/\n',
+        ":3: [upload \"checkpoints\"] destination: invalid destination 's3://My_Bucket/ckpt/', the bucket name "
+        "must be 3-63 characters of a-z, 0-9, '-', '.' (write s3://BUCKET/PREFIX/)",
+    ),
+    (
+        "half a key pair",
+        '[upload "checkpoints"]\nsource = /data/ckpt\ndestination = s3://bucket/ckpt/\naccess_key_id = AKIAEXAMPLE\n',
+        ':1: [upload "checkpoints"] secret_access_key: access_key_id and secret_access_key go together: set both '
+        "or neither",
+    ),
+    (
         "unit= not supported",
         '[process "trainer"]\nunit = trainer.service\n',
         ":2: [process \"trainer\"] unit: not supported yet, use pidfile= or match= ('trainer.service')",

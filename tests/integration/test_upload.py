@@ -96,11 +96,11 @@ def test_failed_upload_by_hand():
 def test_bad_destination():
     d = Daemon(fake_metadata="aws", wait_ready=False)
     with open(d.config_path, "a") as f:
-        f.write('\n[upload "s3"]\nsource = /tmp/x\ndestination = s3://bucket/prefix/\n')
+        f.write('\n[upload "s3"]\nsource = /tmp/x\ndestination = s3://Bucket_Name/prefix/\n')
     with d:
         rc = d.proc.wait(10)
-        check(rc == 1 and "[upload \"s3\"] destination" in d.stderr_text() and "only file://" in d.stderr_text(),
-              "an s3:// destination is a clear config error in this version")
+        check(rc == 1 and "[upload \"s3\"] destination" in d.stderr_text() and "bucket name" in d.stderr_text(),
+              "an invalid s3:// bucket is a clear config error naming file, line and key")
 
 
 if __name__ == "__main__":

@@ -646,25 +646,52 @@ static void test_errors(void) {
                   ":2: [upload \"a\"] source: empty value, an absolute path is needed" },
                 { "[upload \"a\"]\nsource = /x\nsource = /y\n",
                   ":3: [upload \"a\"] source: duplicate key, already set on line 2" },
-                { "[upload \"a\"]\nsource = /x\ndestination = s3://bucket/prefix/\n",
-                  ":3: [upload \"a\"] destination: s3:// destinations are not supported by this version yet "
-                  "(only file://)" },
-                { "[upload \"a\"]\ndestination = gs://bucket/prefix/\n",
-                  ":2: [upload \"a\"] destination: gs:// destinations are not supported by this version yet "
-                  "(only file://)" },
-                { "[upload \"a\"]\ndestination = az://account/container/\n",
-                  ":2: [upload \"a\"] destination: az:// destinations are not supported by this version yet "
-                  "(only file://)" },
+                { "[upload \"a\"]\nsource = /x\ndestination = s3://B/prefix/\n",
+                  ":3: [upload \"a\"] destination: invalid destination 's3://B/prefix/', the bucket name must be "
+                  "3-63 characters of a-z, 0-9, '-', '.' (write s3://BUCKET/PREFIX/)" },
+                { "[upload \"a\"]\ndestination = gs://bucket/a?b\n",
+                  ":2: [upload \"a\"] destination: invalid destination 'gs://bucket/a?b', write the prefix "
+                  "without '?', '#', '%' or '\\'" },
+                { "[upload \"a\"]\ndestination = az://Account/container/\n",
+                  ":2: [upload \"a\"] destination: invalid destination 'az://Account/container/', must be "
+                  "az://ACCOUNT/CONTAINER/PREFIX/ with a storage account name of 3-24 lower-case letters and "
+                  "digits" },
+                { "[upload \"a\"]\ndestination = s3://bucket/a//b/\n",
+                  ":2: [upload \"a\"] destination: invalid destination 's3://bucket/a//b/', the prefix has an "
+                  "empty or '..' part" },
+                { "[upload \"a\"]\nsource = /x\ndestination = s3://bucket/p/\naccess_key_id = AK\n",
+                  ":1: [upload \"a\"] secret_access_key: access_key_id and secret_access_key go together: set "
+                  "both or neither" },
+                { "[upload \"a\"]\nsource = /x\ndestination = file:///x/\nendpoint = http://127.0.0.1:1\n",
+                  ":1: [upload \"a\"] endpoint: not used with a file:// destination" },
+                { "[upload \"a\"]\nsource = /x\ndestination = s3://bucket/p/\naccount_key = abcd\n",
+                  ":1: [upload \"a\"] account_key: not used with a s3:// destination" },
+                { "[upload \"a\"]\nsource = /x\ndestination = az://acct/cont/\nchecksum = crc32c\n",
+                  ":1: [upload \"a\"] checksum: az:// destinations take checksum = md5 or none" },
+                { "[upload \"a\"]\nsource = /x\ndestination = az://acct/cont/\naccount_key = a b\n",
+                  ":4: [upload \"a\"] account_key: contains a space or control character" },
+                { "[upload \"a\"]\npart_size = 1M\n",
+                  ":2: [upload \"a\"] part_size: size '1M' is out of range, must be between 5 MiB and 5120 MiB" },
+                { "[upload \"a\"]\npart_size = 8X\n",
+                  ":2: [upload \"a\"] part_size: invalid size '8X', write bytes or a number with K, M or G (e.g. "
+                  "64M)" },
+                { "[upload \"a\"]\nconcurrency = 0\n",
+                  ":2: [upload \"a\"] concurrency: invalid concurrency '0', must be an integer between 1 and 64" },
+                { "[upload \"a\"]\nchecksum = crc64\n",
+                  ":2: [upload \"a\"] checksum: invalid checksum 'crc64', must be one of md5, crc32c, sha256, "
+                  "none" },
+                { "[upload \"a\"]\nsync = always\n",
+                  ":2: [upload \"a\"] sync: invalid sync 'always', must be 'notice' or 'continuous'" },
                 { "[upload \"a\"]\ndestination = http://backup/x/\n",
-                  ":2: [upload \"a\"] destination: invalid destination 'http://backup/x/', must be a "
-                  "file:///DIR/ URL" },
+                  ":2: [upload \"a\"] destination: invalid destination 'http://backup/x/', must be "
+                  "s3://BUCKET/PREFIX/, gs://BUCKET/PREFIX/, az://ACCOUNT/CONTAINER/PREFIX/ or file:///DIR/" },
                 { "[upload \"a\"]\ndestination = /mnt/backup/\n",
-                  ":2: [upload \"a\"] destination: invalid destination '/mnt/backup/', must be a "
-                  "file:///DIR/ URL" },
+                  ":2: [upload \"a\"] destination: invalid destination '/mnt/backup/', must be "
+                  "s3://BUCKET/PREFIX/, gs://BUCKET/PREFIX/, az://ACCOUNT/CONTAINER/PREFIX/ or file:///DIR/" },
                 { "[upload \"a\"]\ndestination = S3://bucket/\n",
                   ":2: [upload \"a\"] destination: invalid destination 'S3://bucket/'" },
                 { "[upload \"a\"]\ndestination =\n",
-                  ":2: [upload \"a\"] destination: empty value, a destination URL such as file:///DIR/ is "
+                  ":2: [upload \"a\"] destination: empty value, a destination URL such as s3://BUCKET/PREFIX/ or file:///DIR/ is "
                   "needed" },
                 { "[upload \"a\"]\ndestination = file://backup/x/\n",
                   ":2: [upload \"a\"] destination: invalid destination 'file://backup/x/', a file:// URL "
@@ -696,14 +723,6 @@ static void test_errors(void) {
                   ":2: [upload \"a\"] newest: invalid integer 'two' (the number of newest files to send)" },
                 { "[upload \"a\"]\nnewest = 99999999999999999999\n",
                   ":2: [upload \"a\"] newest: integer '99999999999999999999' is out of range" },
-                /* The other keys of issue 4 come with the stores that need them. */
-                { "[upload \"a\"]\nsource = /x\nendpoint = http://127.0.0.1:7480\n",
-                  ":3: [upload \"a\"] endpoint: unknown key" },
-                { "[upload \"a\"]\nregion = us-east-1\n", ":2: [upload \"a\"] region: unknown key" },
-                { "[upload \"a\"]\npart_size = 8M\n", ":2: [upload \"a\"] part_size: unknown key" },
-                { "[upload \"a\"]\nconcurrency = 4\n", ":2: [upload \"a\"] concurrency: unknown key" },
-                { "[upload \"a\"]\nchecksum = sha256\n", ":2: [upload \"a\"] checksum: unknown key" },
-                { "[upload \"a\"]\nsync = continuous\n", ":2: [upload \"a\"] sync: unknown key" },
                 { "[upload \"a\"]\ncredentials = env\n", ":2: [upload \"a\"] credentials: unknown key" },
                 { "[upload \"a\"]\ncloud = aws\n",
                   ":2: [upload \"a\"] cloud: unknown key here, it belongs in a [daemon] section" },

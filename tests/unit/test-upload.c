@@ -278,7 +278,7 @@ static void run_free(Run *r) {
 static void run_stage(Run *r, const UploadConfig *uploads, size_t n, const char *only, const char *state_dir,
                       uint64_t until_usec) {
         ASSERT_EQ(uv_loop_init(&r->loop), 0);
-        ASSERT_OK(upload_stage_new(&r->loop, uploads, n, only, state_dir, until_usec, &callbacks, r,
+        ASSERT_OK(upload_stage_new(&r->loop, uploads, n, only, state_dir, NULL, until_usec, &callbacks, r,
                                    &r->stage));
         if (r->tick) {
                 ASSERT_EQ(uv_timer_init(&r->loop, &r->timer), 0);
@@ -579,8 +579,8 @@ static void test_manifest_merge(void) {
         u2 = upload_config("two", src2, dest, 0);
 
         ASSERT_EQ(uv_loop_init(&r1.loop), 0);
-        ASSERT_OK(upload_stage_new(&r1.loop, &u1, 1, NULL, state, USEC_INFINITY, &callbacks, &r1, &r1.stage));
-        ASSERT_OK(upload_stage_new(&r1.loop, &u2, 1, NULL, state, USEC_INFINITY, &callbacks, &r2, &r2.stage));
+        ASSERT_OK(upload_stage_new(&r1.loop, &u1, 1, NULL, state, NULL, USEC_INFINITY, &callbacks, &r1, &r1.stage));
+        ASSERT_OK(upload_stage_new(&r1.loop, &u2, 1, NULL, state, NULL, USEC_INFINITY, &callbacks, &r2, &r2.stage));
         ASSERT_OK(upload_stage_start(r1.stage));
         ASSERT_OK(upload_stage_start(r2.stage));
         (void) uv_run(&r1.loop, UV_RUN_DEFAULT);
@@ -899,7 +899,7 @@ static void test_close_and_empty(void) {
         UploadStage *s = NULL;
 
         ASSERT_EQ(uv_loop_init(&loop), 0);
-        ASSERT_OK(upload_stage_new(&loop, NULL, 0, NULL, NULL, USEC_INFINITY, &callbacks, NULL, &s));
+        ASSERT_OK(upload_stage_new(&loop, NULL, 0, NULL, NULL, NULL, USEC_INFINITY, &callbacks, NULL, &s));
         upload_stage_close(s);
         (void) uv_run(&loop, UV_RUN_DEFAULT);
         ASSERT_EQ(uv_loop_close(&loop), 0);
@@ -929,7 +929,7 @@ static void test_only(void) {
         u[1] = upload_config("second", src, dest2, 0);
 
         ASSERT_EQ(uv_loop_init(&loop), 0);
-        ASSERT_ERR(upload_stage_new(&loop, u, 2, "third", NULL, USEC_INFINITY, &callbacks, NULL, &s),
+        ASSERT_ERR(upload_stage_new(&loop, u, 2, "third", NULL, NULL, USEC_INFINITY, &callbacks, NULL, &s),
                    ENOENT);
         ASSERT_TRUE(s == NULL);
         ASSERT_EQ(uv_loop_close(&loop), 0);
