@@ -167,6 +167,8 @@ typedef struct Pending {
 struct UploadStage {
         uv_loop_t *loop;
         uv_idle_t idle;
+        uv_timer_t throttle;    /* rate_limit: resumes a paused copy */
+        unsigned n_handles;     /* open handles; freed when the last is closed */
         UploadStageCallbacks cb;
         void *userdata;
         char *state_dir;        /* NULL: no manifest */
@@ -1248,9 +1250,42 @@ static void file_copy_finish(UploadStage *s, Transfer *t) {
         t->phase = PHASE_VERIFY;
 }
 
+static void idle_cb(uv_idle_t *idle);
+
+/* Back from a callback: let the idle handle drive the stage again. */
+static void stage_wake(UploadStage *s) {
+        if (!s->closing && !s->done)
+                (void) uv_idle_start(&s->idle, idle_cb);
+}
+
+static void throttle_cb(uv_timer_t *timer) {
+        UploadStage *s = container_of(timer, UploadStage, throttle);
+
+        stage_wake(s);
+}
+
+/* Continuous sync's rate limit: true (and the copy paused) while ahead of it. */
+static bool file_throttled(UploadStage *s, Transfer *t) {
+        uint64_t elapsed = now_monotonic_usec() - t->start_usec, allowed;
+
+        if (s->ctx.rate_limit == 0)
+                return false;
+        allowed = (uint64_t) ((double) s->ctx.rate_limit * (double) elapsed / (double) USEC_PER_SEC);
+        if (t->done < allowed)
+                return false;
+        (void) uv_idle_stop(&s->idle);
+        (void) uv_timer_start(&s->throttle, throttle_cb,
+                              (uint64_t) ((double) (t->done - allowed) * 1000.0 / (double) s->ctx.rate_limit) + 1,
+                              0);
+        return true;
+}
+
 static void file_copy_step(UploadStage *s, Transfer *t) {
         uint64_t start = now_monotonic_usec(), off = t->done, n = 0;
         int r;
+
+        if (file_throttled(s, t))
+                return;
 
         while (turn_more(start, n)) {
                 ssize_t k = source_read(s, t, MIN(UPLOAD_BUF_SIZE, UPLOAD_TURN_BYTES - n));
@@ -1553,16 +1588,10 @@ static StoreParams remote_params(UploadStage *s, Transfer *t) {
                 .fd = t->src_fd,
                 .size = t->size,
                 .until_usec = s->until_usec,
+                .rate_limit = s->ctx.rate_limit,
         };
 }
 
-static void idle_cb(uv_idle_t *idle);
-
-/* Back from a callback: let the idle handle drive the stage again. */
-static void stage_wake(UploadStage *s) {
-        if (!s->closing && !s->done)
-                (void) uv_idle_start(&s->idle, idle_cb);
-}
 
 static void remote_sent(StoreUpload *u, int error, const char *detail, const StoreResult *res, void *userdata) {
         UploadStage *s = userdata;
@@ -1909,8 +1938,11 @@ static UploadStage *upload_stage_free(UploadStage *s) {
         return NULL;
 }
 
-static void idle_close_cb(uv_handle_t *handle) {
-        upload_stage_free(container_of((uv_idle_t *) handle, UploadStage, idle));
+static void handle_close_cb(uv_handle_t *handle) {
+        UploadStage *s = handle->data;
+
+        if (--s->n_handles == 0)
+                upload_stage_free(s);
 }
 
 static int strdup_opt(char **to, const char *from) {
@@ -2062,6 +2094,10 @@ int upload_stage_new(uv_loop_t *loop, const UploadConfig *uploads, size_t n_uplo
         r = uv_idle_init(loop, &s->idle);
         if (r < 0)
                 goto fail;
+        s->idle.data = s;
+        (void) uv_timer_init(loop, &s->throttle);
+        s->throttle.data = s;
+        s->n_handles = 2;
 
         *ret = s;
         return 0;
@@ -2096,7 +2132,8 @@ void upload_stage_close(UploadStage *s) {
         r = manifest_flush(s);
         if (r < 0)
                 manifest_failed(s, r, "write");
-        uv_close((uv_handle_t *) &s->idle, idle_close_cb);
+        uv_close((uv_handle_t *) &s->idle, handle_close_cb);
+        uv_close((uv_handle_t *) &s->throttle, handle_close_cb);
 }
 
 const UploadObjectStats *upload_stage_object_stats(UploadStage *s) {

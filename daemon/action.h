@@ -96,6 +96,7 @@ typedef struct UploadContext {
         CloudKind cloud;           /* whose metadata service has the instance credentials */
         const char *metadata_url;  /* its base URL (the fake's in --fake-metadata mode); copied */
         uint64_t request_timeout_usec; /* each metadata request */
+        uint64_t rate_limit;       /* bytes/s per object (continuous sync's sync_rate); 0 = none */
 } UploadContext;
 
 /* About the object just settled, valid inside on_object only. */

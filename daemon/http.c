@@ -831,6 +831,8 @@ static int request_setopts(HttpRequest *r, const HttpRequestParams *p, HttpMetho
                 SETOPT(e, CURLOPT_USERNAME, p->username ? p->username : "");
                 SETOPT(e, CURLOPT_PASSWORD, p->password ? p->password : "");
         }
+        if (p->max_send_speed > 0)
+                SETOPT(e, CURLOPT_MAX_SEND_SPEED_LARGE, (curl_off_t) MIN(p->max_send_speed, (uint64_t) INT64_MAX));
         if (p->stall_usec > 0) {
                 SETOPT(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
                 SETOPT(e, CURLOPT_LOW_SPEED_TIME, MAX(1L, usec_to_msec(p->stall_usec) / 1000L));

@@ -76,6 +76,8 @@ typedef struct HttpRequestParams {
         const char *password;
         /* Give up when under 1 byte/s moves for this long (a stalled peer); 0 = only the timeout. */
         uint64_t stall_usec;
+        /* Send at most this many bytes per second (CURLOPT_MAX_SEND_SPEED_LARGE); 0 = no limit. */
+        uint64_t max_send_speed;
 } HttpRequestParams;
 
 /**

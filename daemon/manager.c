@@ -27,6 +27,7 @@
 #include "provider.h"
 #include "report.h"
 #include "state.h"
+#include "sync.h"
 #include "shared/log.h"
 #include "shared/parse.h"
 
@@ -63,6 +64,10 @@ struct Manager {
         UploadStage *upload;        /* `spotwatchctl upload` by hand */
         ControlClient *upload_client;
         uv_timer_t upload_reaper;
+        SyncWatch *sync;            /* [upload] sections with sync = continuous */
+        UploadStage *sync_stage;    /* the background sync run, if one runs */
+        char *sync_name;            /* its [upload] */
+        uv_timer_t sync_reaper;
         PlanSummary last_summary;
         bool have_summary;
 
@@ -231,8 +236,124 @@ static int manager_shutdown_script_hook(Manager *m, const NoticeEvent *ev, char 
         return 1;
 }
 
+/* ---- continuous sync --------------------------------------------------------- */
+
+static UploadContext manager_upload_context(Manager *m, uint64_t rate_limit) {
+        return (UploadContext) {
+                .http = m->http,
+                .cloud = m->cloud,
+                .metadata_url = m->base_url,
+                .request_timeout_usec = m->config->request_timeout_usec,
+                .rate_limit = rate_limit,
+        };
+}
+
+/* Stop a background sync run (a plan needs the way, the config changed, the daemon stops). */
+static void manager_stop_sync(Manager *m, bool again) {
+        _cleanup_free_ char *name = TAKE_PTR(m->sync_name);
+
+        if (!m->sync_stage)
+                return;
+        upload_stage_close(m->sync_stage);
+        m->sync_stage = NULL;
+        log_debug("Continuous sync of [upload \"%s\"] stopped", strna(name));
+        if (name)
+                sync_watch_done(m->sync, name, again);
+}
+
+static void on_sync_reaper(uv_timer_t *t) {
+        Manager *m = container_of(t, Manager, sync_reaper);
+        _cleanup_free_ char *name = TAKE_PTR(m->sync_name);
+
+        if (m->sync_stage) {
+                upload_stage_close(m->sync_stage);
+                m->sync_stage = NULL;
+        }
+        if (name)
+                sync_watch_done(m->sync, name, false);
+}
+
+static void on_sync_object(UploadStage *s, const char *upload, const char *source, const char *object, uint64_t bytes,
+                           uint64_t duration_usec, bool skipped, int error, const char *detail, void *userdata) {
+        const UploadObjectStats *st = upload_stage_object_stats(s);
+
+        /* Only what moved or failed: the periodic rescans skip everything most of the time. */
+        if (!skipped)
+                report_upload(NULL, upload, source, object, bytes, duration_usec, skipped, error, detail,
+                              st ? st->parts : 0, st ? st->retries : 0);
+}
+
+static void on_sync_done(UploadStage *s, unsigned n_ok, unsigned n_skipped, unsigned n_failed, uint64_t bytes,
+                         void *userdata) {
+        Manager *m = userdata;
+
+        if (n_ok > 0 || n_failed > 0)
+                log_info("Continuous sync of [upload \"%s\"]: %u sent, %u failed, %" PRIu64 " bytes",
+                         strna(m->sync_name), n_ok, n_failed, bytes);
+        /* Inside the stage's own callback: free it from the loop. */
+        (void) uv_timer_start(&m->sync_reaper, on_sync_reaper, 0, 0);
+}
+
+static void on_sync_manifest(UploadStage *s, int error, const char *detail, void *userdata) {
+        log_warning_errno(error, "Upload manifest: %s, going on (unchanged files may be sent again)",
+                          detail ? detail : "failed");
+}
+
+static void on_sync_due(SyncWatch *w, const char *upload, void *userdata) {
+        static const UploadStageCallbacks cb = {
+                .on_object = on_sync_object,
+                .on_done = on_sync_done,
+                .on_manifest = on_sync_manifest,
+        };
+        Manager *m = userdata;
+        const UploadConfig *u = NULL;
+        UploadContext ctx;
+        int r;
+
+        for (size_t i = 0; i < m->config->n_uploads; i++)
+                if (streq(m->config->uploads[i].name, upload))
+                        u = &m->config->uploads[i];
+        /* A plan, a run by hand or another sync has the way: later. */
+        if (!u || m->plan || m->upload || m->sync_stage || m->stopping) {
+                sync_watch_done(w, upload, true);
+                return;
+        }
+        m->sync_name = strdup(upload);
+        if (!m->sync_name) {
+                sync_watch_done(w, upload, true);
+                return;
+        }
+        ctx = manager_upload_context(m, u->sync_rate);
+        /* No deadline of its own: a notice stops it (the plan sends what is left). */
+        r = upload_stage_new(&m->loop, m->config->uploads, m->config->n_uploads, upload, m->config->state_dir, &ctx,
+                             now_monotonic_usec() + 24 * 3600 * USEC_PER_SEC, &cb, m, &m->sync_stage);
+        if (r >= 0)
+                r = upload_stage_start(m->sync_stage);
+        if (r < 0) {
+                log_warning_errno(r, "Continuous sync of [upload \"%s\"] could not start: %m", upload);
+                if (m->sync_stage) {
+                        upload_stage_close(m->sync_stage);
+                        m->sync_stage = NULL;
+                }
+                free(m->sync_name);
+                m->sync_name = NULL;
+                sync_watch_done(w, upload, true);
+        }
+}
+
+static void manager_restart_sync(Manager *m) {
+        int r;
+
+        manager_stop_sync(m, false);
+        m->sync = sync_watch_free(m->sync);
+        r = sync_watch_new(&m->loop, m->config->uploads, m->config->n_uploads, on_sync_due, m, &m->sync);
+        if (r < 0)
+                log_warning_errno(r, "Failed to start continuous sync: %m, uploads happen at a notice only");
+}
+
 static int manager_start_plan(Manager *m, const NoticeEvent *ev) {
         const char *instance_id = m->provider ? m->provider->instance_id : NULL;
+        UploadContext ctx;
         _cleanup_free_ char *script_path = NULL;
         HookConfig extra = {};
         char *argv[3] = {};
@@ -246,6 +367,9 @@ static int manager_start_plan(Manager *m, const NoticeEvent *ev) {
                                              "plan could run it again, going on",
                                           m->config->state_dir);
         }
+
+        /* The plan sends everything itself, newest first: a background run would compete with it. */
+        manager_stop_sync(m, true);
 
         k = manager_shutdown_script_hook(m, ev, &script_path, &extra);
         if (k < 0)
@@ -262,12 +386,8 @@ static int manager_start_plan(Manager *m, const NoticeEvent *ev) {
         r = plan_new(&m->loop, m->config, ev, instance_id, k > 0 ? &extra : NULL, on_plan_done, m, &m->plan);
         if (r < 0)
                 return r;
-        r = plan_set_upload_context(m->plan, &(UploadContext) {
-                                                     .http = m->http,
-                                                     .cloud = m->cloud,
-                                                     .metadata_url = m->base_url,
-                                                     .request_timeout_usec = m->config->request_timeout_usec,
-                                             });
+        ctx = manager_upload_context(m, 0);
+        r = plan_set_upload_context(m->plan, &ctx);
         if (r >= 0)
                 r = plan_start(m->plan);
         /* The signals are out (plan_start sends them at once): now make the record durable. */
@@ -550,7 +670,7 @@ static void cmd_status(Manager *m, ControlClient *c) {
                                         format_duration(d, sizeof(d), h->timeout_usec), h->argv[0]);
         }
         control_client_reply_kv(c, "plans", "%u", m->notice.n_plans);
-        status_upload_progress(c, m->upload ? m->upload : plan_upload_stage(m->plan));
+        status_upload_progress(c, m->upload ? m->upload : m->plan ? plan_upload_stage(m->plan) : m->sync_stage);
         if (m->plan) {
                 control_client_reply_kv(c, "plan_stage", "%s", plan_stage_name(m->plan));
                 control_client_reply_kv(c, "plan_event", "%s",
@@ -889,6 +1009,8 @@ static void cmd_upload(Manager *m, ControlClient *c, const ControlRequest *req) 
                 return control_client_reply_error(c, "busy: %s", m->plan ? "the response plan is running (it "
                                                                           "uploads itself)"
                                                                         : "an upload is already running");
+        /* By hand wins over the background run: it would send the same files. */
+        manager_stop_sync(m, true);
 
         r = upload_stage_new(&m->loop, m->config->uploads, m->config->n_uploads, name, m->config->state_dir,
                              &(UploadContext) {
@@ -898,6 +1020,7 @@ static void cmd_upload(Manager *m, ControlClient *c, const ControlRequest *req) 
                                      .request_timeout_usec = m->config->request_timeout_usec,
                              },
                              now_monotonic_usec() + m->config->default_deadline_usec, &cb, m, &m->upload);
+        /* (A background sync run goes on; the manifest keeps the two from sending a file twice after.) */
         if (r >= 0)
                 r = upload_stage_start(m->upload);
         if (r < 0) {
@@ -986,6 +1109,7 @@ static int manager_reload(Manager *m) {
 
         log_open(m->config->log);
         notice_set_events_mask(&m->notice, m->config->events_mask);
+        manager_restart_sync(m);
         if (new_provider) {
                 log_info("Reload: now watching %s metadata at %s", cloud_kind_to_string(cloud), url);
                 provider_stop(m->provider);
@@ -1042,6 +1166,9 @@ static void manager_stop(Manager *m, int code) {
         uv_close((uv_handle_t *) &m->watchdog, NULL);
         uv_close((uv_handle_t *) &m->plan_reaper, NULL);
         uv_close((uv_handle_t *) &m->upload_reaper, NULL);
+        manager_stop_sync(m, false);
+        m->sync = sync_watch_free(m->sync);
+        uv_close((uv_handle_t *) &m->sync_reaper, NULL);
         if (m->upload) {
                 upload_stage_close(m->upload);
                 m->upload = NULL;
@@ -1162,6 +1289,7 @@ int manager_run(Manager *m) {
         (void) uv_timer_init(&m->loop, &m->watchdog);
         (void) uv_timer_init(&m->loop, &m->plan_reaper);
         (void) uv_timer_init(&m->loop, &m->upload_reaper);
+        (void) uv_timer_init(&m->loop, &m->sync_reaper);
 
         r = http_new(&m->loop, &m->http);
         if (r < 0) {
@@ -1219,6 +1347,7 @@ int manager_run(Manager *m) {
         r = manager_start_provider(m);
         if (r < 0)
                 goto fail;
+        manager_restart_sync(m);
 
         if (sd_watchdog_enabled(false, &wd) > 0 && wd > 0) {
                 m->watchdog_usec = wd;

@@ -105,6 +105,7 @@ struct S3Upload {
         int fd;
         uint64_t size;
         uint64_t until_usec;
+        uint64_t rate_limit;
         StoreDoneFn done;
         void *userdata;
 
@@ -502,6 +503,18 @@ static void upload_report(S3Upload *u) {
         done(&u->base, u->error, u->error < 0 ? u->detail : NULL, &u->res, u->userdata);
 }
 
+/* The abort is answered (or could not be sent): report, or, if the owner let go, free. */
+static void abort_finished(S3Upload *u) {
+        free(u->upload_id);
+        u->upload_id = NULL;
+        if (u->freed) {
+                u->req = http_request_free(u->req);
+                upload_close_handles(u);
+                return;
+        }
+        upload_report(u);
+}
+
 /* Fatal: abort the multipart upload if there is one, then report. */
 static void upload_fail(S3Upload *u, int error, const char *fmt, ...) {
         va_list ap;
@@ -576,8 +589,8 @@ static bool expected_etag(const S3Upload *u, const char *have, char *out, size_t
          * whole object's MD5, which we never compute): then the size is
          * what is checked, and each part's ETag was already.
          */
-        if (!strchr(have, '-'))
-                return false;
+        if (!strchr(have, '-') || u->cfg->scheme == UPLOAD_GS)
+                return false; /* GCS documents no formula for a composed object's ETag */
         md = EVP_MD_CTX_new();
         if (!md || EVP_DigestInit_ex(md, EVP_md5(), NULL) != 1) {
                 EVP_MD_CTX_free(md);
@@ -613,7 +626,7 @@ static void req_start(S3Upload *u) {
         if (u->phase != S3_ABORT && !creds_ensure(u))
                 return; /* creds_done() calls again */
         if (u->phase == S3_ABORT && !u->have_creds) {
-                upload_report(u);
+                abort_finished(u);
                 return;
         }
         if (u->upload_id) {
@@ -682,7 +695,7 @@ oom:
         r = -ENOMEM;
 fail:
         if (u->phase == S3_ABORT) {
-                upload_report(u);
+                abort_finished(u);
                 return;
         }
         upload_fail(u, r, "cannot start request: %s", strerror(-r));
@@ -736,19 +749,13 @@ static void req_done(HttpRequest *r, int error, long status, const char *body, s
                 if (error < 0 || (status != 204 && status != 200 && status != 404))
                         log_debug("upload: %s: abort of upload %s failed (%s %ld)", u->object, u->upload_id,
                                   error < 0 ? strerror(-error) : "HTTP", status);
-                free(u->upload_id);
-                u->upload_id = NULL;
-                if (u->freed) {
-                        upload_close_handles(u);
-                        return;
-                }
-                upload_report(u);
+                abort_finished(u);
                 return;
         }
         if (error == -ECANCELED)
                 return;
 
-        if (error == 0 && status == 403 && !u->bearer && creds_rejected(u)) {
+        if (error == 0 && (status == 401 || status == 403) && creds_rejected(u)) {
                 req_start(u);
                 return;
         }
@@ -868,6 +875,9 @@ static void slot_send(S3Slot *sl) {
         headers_add(&h, "Content-Type: application/octet-stream");
         p.url = url;
         p.headers = h.v;
+        /* Background sync: the parts in flight share the rate. */
+        if (u->rate_limit > 0)
+                p.max_send_speed = MAX(u->rate_limit / u->n_slots, (uint64_t) 1024);
         /* A part may take as long as there is time; a stall is caught by stall_usec. */
         p.timeout_usec = MAX(time_left(u), USEC_PER_SEC);
 
@@ -989,7 +999,7 @@ static void slot_done(HttpRequest *r, int error, long status, const char *body, 
                 return;
         }
 
-        if (error == 0 && status == 403 && !u->bearer && creds_rejected(u)) {
+        if (error == 0 && (status == 401 || status == 403) && creds_rejected(u)) {
                 slot_run(sl);
                 return;
         }
@@ -998,9 +1008,11 @@ static void slot_done(HttpRequest *r, int error, long status, const char *body, 
         else
                 describe_answer(what, sizeof(what), status, body, size);
         if (!retryable(error, status, body, size)) {
-                upload_fail(u, error < 0 ? error : (status == 403 ? -EACCES : -EIO), "part %u: %s%s%s%s", number,
-                            what, status == 403 ? " (credentials from " : "", status == 403 ? u->creds.source : "",
-                            status == 403 ? ")" : "");
+                upload_fail(u, error < 0 ? error : (status == 401 || status == 403 ? -EACCES : -EIO),
+                            "part %u: %s%s%s%s", number, what,
+                            status == 401 || status == 403 ? " (credentials from " : "",
+                            status == 401 || status == 403 ? u->creds.source : "",
+                            status == 401 || status == 403 ? ")" : "");
                 return;
         }
         if (error == 0 && digest_rejected(status, body, size))
@@ -1121,6 +1133,7 @@ static int upload_new(const StoreParams *p, S3Upload **ret) {
         u->fd = p->fd;
         u->size = p->size;
         u->until_usec = p->until_usec;
+        u->rate_limit = p->rate_limit;
         (void) snprintf(u->sigv4, sizeof(u->sigv4), "aws:amz:%s:s3",
                         c->region ? c->region : c->scheme == UPLOAD_GS ? "auto" : UPLOAD_DEFAULT_REGION);
 
@@ -1222,7 +1235,7 @@ static void check_head_done(HttpRequest *r, int error, long status, const char *
 
         if (error == -ECANCELED)
                 return;
-        if (error == 0 && status == 403 && !u->bearer && creds_rejected(u)) {
+        if (error == 0 && (status == 401 || status == 403) && creds_rejected(u)) {
                 req_start(u);
                 return;
         }

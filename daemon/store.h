@@ -39,6 +39,7 @@ typedef struct StoreParams {
         int fd;                     /* the source, open for reading; not owned */
         uint64_t size;              /* bytes to send from offset 0 */
         uint64_t until_usec;        /* monotonic: stop (and abort) before this */
+        uint64_t rate_limit;        /* bytes/s for the whole object (all parts together); 0 = none */
 } StoreParams;
 
 typedef struct StoreResult {

@@ -264,9 +264,10 @@ def test_md5_mismatch_and_503_retried():
             r = d.ctl("upload", "az", timeout=120)
             rec = records_by_object(d)["r.bin"]
             check(r.returncode == 0 and rec["SPOTWATCH_STATE"] == "sent" and rec["SPOTWATCH_RETRIES"] == "3",
-                  f"a corrupted block and two 503s are retried (3 retries): {rec}")
+                  f"a corrupted block and two 503s are retried (3 retries): {rec['MESSAGE']}")
             b2 = px.requests(method="PUT", match="blockid=c3B3LTAwMDAwMDAwMDAy")
-            check([e["status"] for e in b2] == [400, 201], f"block 2: rejected checksum, then accepted: {b2}")
+            check([e["status"] for e in b2] == [400, 201],
+                  f"block 2: rejected checksum, then accepted: {[e['status'] for e in b2]}")
             b3 = px.requests(method="PUT", match="blockid=c3B3LTAwMDAwMDAwMDAz")
             check([e["status"] for e in b3] == [503, 503, 201], "block 3: two 503s, then accepted")
             check(stored_sha256(container, "r.bin") == sums["r.bin"], "the blob reads back byte for byte")
@@ -292,7 +293,7 @@ def test_bearer():
                 r = d.ctl("upload", "az", timeout=120)
                 rec = records_by_object(d)["b.bin"]
                 check(r.returncode == 0 and rec["SPOTWATCH_STATE"] == "sent" and rec["SPOTWATCH_PARTS"] == "3",
-                      f"the managed identity's token authorises the upload: {rec}")
+                      f"the managed identity's token authorises the upload: {rec['MESSAGE']}")
                 check(fw.bearer_requests - n0 >= 5,
                       f"with Authorization: Bearer ({fw.bearer_requests - n0} requests: 3 blocks, list, HEAD)")
                 check(client.get_blob_sha256(container, "run-1/b.bin") == sums["b.bin"],
