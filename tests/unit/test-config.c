@@ -989,9 +989,17 @@ static void test_shipped(void) {
         ASSERT_EQ(d->n_uploads, 1);
         ASSERT_STREQ(d->uploads[0].name, "checkpoints");
         ASSERT_STREQ(d->uploads[0].source, "/data/checkpoints/*.pt");
-        ASSERT_STREQ(d->uploads[0].destination, "file:///mnt/backup/checkpoints/");
-        ASSERT_EQ(d->uploads[0].scheme, UPLOAD_FILE);
-        ASSERT_STREQ(d->uploads[0].dest_path, "/mnt/backup/checkpoints");
+        ASSERT_STREQ(d->uploads[0].destination, "s3://my-bucket/run-42/");
+        ASSERT_EQ(d->uploads[0].scheme, UPLOAD_S3);
+        ASSERT_STREQ(d->uploads[0].bucket, "my-bucket");
+        ASSERT_STREQ(d->uploads[0].prefix, "run-42/");
+        ASSERT_STREQ(d->uploads[0].endpoint, "http://127.0.0.1:7480");
+        ASSERT_STREQ(d->uploads[0].region, "eu-west-1");
+        ASSERT_U64_EQ(d->uploads[0].part_size, 64 * 1024 * 1024);
+        ASSERT_EQ(d->uploads[0].concurrency, UPLOAD_DEFAULT_CONCURRENCY);
+        ASSERT_EQ(d->uploads[0].checksum, UPLOAD_CHECKSUM_MD5);
+        ASSERT_EQ(d->uploads[0].sync, UPLOAD_SYNC_NOTICE);
+        ASSERT_U64_EQ(d->uploads[0].sync_rate, 100 * 1024 * 1024);
         ASSERT_EQ(d->uploads[0].newest, 2);
 }
 
