@@ -27,11 +27,11 @@ import hmac
 import json
 import os
 import secrets
+import select
 import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 
@@ -81,40 +81,40 @@ class TlsForwarder(stores._Server):
         super().__init__()
         self.upstream_port = upstream_port
         self.ctx = ssl.create_default_context(cafile=cafile)
+        # TLS 1.3 servers send session tickets after the handshake: select() then says "readable",
+        # recv() eats the ticket and blocks for data that comes only once the request is forwarded.
+        self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         self.bearer_requests = 0
 
     def serve(self, csock):
         raw = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=120)
         up = self.ctx.wrap_socket(raw, server_hostname="127.0.0.1")
-
-        def back():
-            try:
-                while (b := up.recv(256 * 1024)):
-                    csock.sendall(b)
-            except OSError:
-                pass
-            finally:
-                try:
-                    csock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        t = threading.Thread(target=back, daemon=True)
-        t.start()
         tail = b""
+        # One thread per connection for both directions: an SSL socket must not be used by two at once.
         try:
-            while (b := csock.recv(256 * 1024)):
-                scan = tail + b
-                with self._lock:
-                    self.bearer_requests += scan.count(self.NEEDLE)
-                tail = scan[-(len(self.NEEDLE) - 1):]
-                up.sendall(b)
+            while True:
+                ready = [up] if up.pending() else select.select([csock, up], [], [], 120)[0]
+                if not ready:
+                    return
+                if csock in ready:
+                    b = csock.recv(256 * 1024)
+                    if not b:
+                        return
+                    scan = tail + b
+                    with self._lock:
+                        self.bearer_requests += scan.count(self.NEEDLE)
+                    tail = scan[-(len(self.NEEDLE) - 1):]
+                    up.sendall(b)
+                if up in ready:
+                    b = up.recv(256 * 1024)
+                    if not b:
+                        return
+                    csock.sendall(b)
         finally:
             try:
                 up.close()
             except OSError:
                 pass
-            t.join(5)
 
 
 def account_sas(key=KEY, version="2021-08-06"):

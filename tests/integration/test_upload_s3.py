@@ -189,6 +189,37 @@ def test_single_put_corrupted():
         check(s3.get_object_sha256(bucket, "faults/small.bin") == sha, "identical")
 
 
+def test_checksum_sha256_and_crc32c():
+    """checksum = sha256 signs the payload's hash (RGW checks it: a corrupted part is rejected and resent);
+    checksum = crc32c sends x-amz-checksum-crc32c per part (AWS checks it; RGW ignores it)."""
+    r = rgw()
+    s3 = r.s3()
+    bucket = new_bucket(s3)
+    with stores.FaultProxy(r.endpoint) as px:
+        px.add_rule("corrupt", method="PUT", match="partNumber=2&", count=1)
+        d, sha = fault_setup(bucket, r, px, name="sha", size=20 * MiB, extra="checksum = sha256\n")
+        with d:
+            d.ctl("upload")
+            p2 = px.requests(method="PUT", match="partNumber=2&")
+            check([e["status"] for e in p2] == [400, 200], f"sha256: the corrupted part was rejected and resent "
+                                                          f"({[e['status'] for e in p2]})")
+            hashes = {e["headers"].get("x-amz-content-sha256") for e in px.requests(method="PUT")}
+            check(all(h and len(h) == 64 for h in hashes), "every part is signed with its real SHA-256")
+        check(s3.get_object_sha256(bucket, "faults/sha.bin") == sha, "identical")
+    with stores.FaultProxy(r.endpoint) as px:
+        d, sha = fault_setup(bucket, r, px, name="crc", size=20 * MiB, extra="checksum = crc32c\n")
+        with d:
+            d.ctl("upload")
+            parts = px.requests(method="PUT")
+            check(len(parts) == 3 and all(len(e["headers"].get("x-amz-checksum-crc32c", "")) == 8 for e in parts)
+                  and all(e["headers"].get("x-amz-content-sha256") == "UNSIGNED-PAYLOAD" for e in parts),
+                  "crc32c: each part carries x-amz-checksum-crc32c, the payload is UNSIGNED-PAYLOAD")
+            create = px.requests(method="POST", match="uploads=")
+            check(create and create[0]["headers"].get("x-amz-checksum-algorithm") == "CRC32C",
+                  "the multipart upload is created with x-amz-checksum-algorithm: CRC32C")
+        check(s3.get_object_sha256(bucket, "faults/crc.bin") == sha, "identical")
+
+
 def test_deadline_reports_exactly():
     """Must show 2: the deadline cuts a slow upload; the record says which objects completed, and the
     unfinished multipart upload is aborted."""
@@ -311,5 +342,5 @@ def test_session_token_sent_and_signed():
 
 if __name__ == "__main__":
     main([test_multipart_big_file, test_5xx_and_dropped_connections, test_corrupted_byte_rejected_and_retried,
-          test_single_put_corrupted, test_deadline_reports_exactly, test_wrong_key_one_clear_error,
+          test_single_put_corrupted, test_checksum_sha256_and_crc32c, test_deadline_reports_exactly, test_wrong_key_one_clear_error,
           test_instance_role_credentials_refresh, test_session_token_sent_and_signed])

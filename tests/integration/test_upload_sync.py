@@ -60,6 +60,11 @@ def test_rate_limited_file_and_s3():
                 + keys(r.access_key, r.secret_key) + 'sync = continuous\nsync_rate = 4M\npart_size = 8M\n')
     with d:
         sha = write_file(os.path.join(src, "big.bin"), 12 * MiB)
+        st = wait_until(lambda: "upload_in_progress" in (x := d.ctl("status").stdout) and x, 15,
+                        what="status showing the upload in flight")
+        line = [ln for ln in st.splitlines() if ln.startswith("upload_in_progress")][0]
+        check("/big.bin" in line and f"/{12 * MiB} bytes" in line,
+              f"spotwatchctl status shows the object in flight with bytes done: {line.split(None, 1)[1]}")
         wait_until(lambda: len(sent(d, "big.bin")) == 2, 40, what="big.bin synced to both destinations")
         for u in sent(d, "big.bin"):
             secs = int(u["SPOTWATCH_DURATION_USEC"]) / 1e6
