@@ -75,17 +75,6 @@
 #define AZ_BLOCK_ID_LEN 20U /* base64 of 15 bytes, no padding */
 #define AZ_DETAIL_MAX 768U
 #define AZ_ERROR_BODY_MAX (64U * 1024U)
-#define AZ_HEAD_BODY_MAX (256U * 1024U * 1024U)
-
-/*
- * http.c gives curl the body cap as CURLOPT_MAXFILESIZE, and curl 7.88 applies
- * it to the Content-Length of a HEAD answer too: a HEAD of a blob larger than
- * the largest cap fails with -EFBIG. Then the properties come from a Get Blob
- * of byte 0 instead (x-ms-range: bytes=0-0): 206, Content-Range "bytes
- * 0-0/SIZE", ETag and x-ms-blob-content-md5 (the whole blob's). A variable so
- * that the unit test can take that path with a small blob.
- */
-static size_t az_head_body_max = AZ_HEAD_BODY_MAX;
 /* Without a deadline a request is still bounded (the stall detection is the real guard). */
 #define AZ_REQUEST_TIMEOUT_MAX_USEC (6 * 3600 * USEC_PER_SEC)
 /* Credentials expiring within this are fetched again before the next request. */
@@ -98,7 +87,6 @@ typedef enum AzKind {
         AZ_PUT_BLOCK,
         AZ_PUT_BLOCK_LIST,
         AZ_HEAD,
-        AZ_GET_RANGE,    /* Get Blob of byte 0: the properties when a HEAD cannot be had */
         _AZ_KIND_MAX,
         _AZ_KIND_INVALID = -EINVAL,
 } AzKind;
@@ -108,7 +96,6 @@ static const char *const az_kind_table[_AZ_KIND_MAX] = {
         [AZ_PUT_BLOCK] = "Put Block",
         [AZ_PUT_BLOCK_LIST] = "Put Block List",
         [AZ_HEAD] = "Get Blob Properties",
-        [AZ_GET_RANGE] = "Get Blob",
 };
 
 typedef enum AzSlotState {
@@ -227,7 +214,8 @@ typedef struct AzSignInput {
         uint64_t content_length;       /* 0 is signed as "" (version 2015-02-21 and later) */
         const char *content_md5;       /* base64, or NULL */
         const char *content_type;      /* or NULL */
-        const char *const *ms_headers; /* "x-ms-name:value": lower-case names, sorted, trimmed; NULL-terminated */
+        /* "x-ms-name:value": lower-case names, sorted, trimmed; NULL-terminated */
+        const char *const *ms_headers;
         const char *resource;          /* "/" account + the URL path as sent (percent-encoded) */
         const char *const *query;      /* "name:value": lower-case names, sorted, values decoded; or NULL */
 } AzSignInput;
@@ -450,8 +438,9 @@ static void op_report(AzOp *op) {
                 return;
         op->reported = true;
         if (op->is_check) {
-                log_debug("store-azure: %s: check: %d%s%s", op->object, op->error < 0 ? op->error : op->check_result,
-                          op->detail[0] ? ", " : "", op->detail);
+                log_debug("store-azure: %s: check: %d%s%s", op->object,
+                          op->error < 0 ? op->error : op->check_result, op->detail[0] ? ", " : "",
+                          op->detail);
                 /* May free @op. */
                 op->check_done(&op->check, op->error < 0 ? op->error : op->check_result,
                                op->detail[0] ? op->detail : NULL, op->userdata);
@@ -501,7 +490,8 @@ static void op_free(AzOp *op) {
 
 static const char *op_where(const AzOp *op, char *buf, size_t size) {
         if (op->phase == AZ_PHASE_COMMIT)
-                (void) snprintf(buf, size, "%u of %u blocks, before Put Block List", op->n_done, op->n_blocks);
+                (void) snprintf(buf, size, "%u of %u blocks, before Put Block List", op->n_done,
+                                op->n_blocks);
         else if (op->phase == AZ_PHASE_VERIFY)
                 (void) snprintf(buf, size, "%u of %u blocks, while verifying", op->n_blocks, op->n_blocks);
         else
@@ -523,7 +513,8 @@ static void op_timer_cb(uv_timer_t *t) {
                 if (op->is_check)
                         op_finish(op, -ETIME, "deadline reached while checking %s", op->object);
                 else
-                        op_finish(op, -ETIME, "deadline reached after %s", op_where(op, where, sizeof(where)));
+                        op_finish(op, -ETIME, "deadline reached after %s",
+                                  op_where(op, where, sizeof(where)));
                 return;
         }
         for (unsigned i = 0; i < op->n_slots; i++)
@@ -554,7 +545,8 @@ static void op_arm(AzOp *op) {
 
 /* ---- credentials ----------------------------------------------------------------------- */
 
-static void creds_done(CredProvider *p, int error, const Credentials *c, const char *detail, void *userdata) {
+static void creds_done(CredProvider *p, int error, const Credentials *c, const char *detail,
+                       void *userdata) {
         AzOp *op = userdata;
         _cleanup_free_ uint8_t *key = NULL;
         size_t key_size = 0;
@@ -575,14 +567,16 @@ static void creds_done(CredProvider *p, int error, const Credentials *c, const c
                 return;
         }
         if (c->kind != CRED_AZURE_KEY && c->kind != CRED_AZURE_SAS && c->kind != CRED_BEARER) {
-                op_finish(op, -EACCES, "credentials: %s gave credentials az:// cannot use", strna(c->source));
+                op_finish(op, -EACCES, "credentials: %s gave credentials az:// cannot use",
+                          strna(c->source));
                 return;
         }
         if (c->kind == CRED_AZURE_KEY) {
                 r = c->token ? store_base64_decode(c->token, &key, &key_size) : -EINVAL;
                 if (r < 0) {
                         op_finish(op, r == -ENOMEM ? r : -EACCES,
-                                  "credentials: the account key from %s is not valid base64", strna(c->source));
+                                  "credentials: the account key from %s is not valid base64",
+                                  strna(c->source));
                         return;
                 }
         } else if (isempty(c->token)) {
@@ -607,7 +601,8 @@ static void creds_done(CredProvider *p, int error, const Credentials *c, const c
 static bool creds_fresh(const AzOp *op) {
         if (!op->have_creds)
                 return false;
-        return op->creds.expires_usec == 0 || now_realtime_usec() + AZ_CREDS_SLACK_USEC < op->creds.expires_usec;
+        return op->creds.expires_usec == 0 ||
+               now_realtime_usec() + AZ_CREDS_SLACK_USEC < op->creds.expires_usec;
 }
 
 /* True when credentials are there; else a fetch is under way and creds_done() pumps. */
@@ -662,7 +657,7 @@ static int slot_send(AzSlot *s) {
         _cleanup_free_ char *url = NULL, *block_id_enc = NULL, *sts = NULL, *bearer = NULL;
         char date[128], md5[25] = "", block_id[AZ_BLOCK_ID_LEN + 1], sig[45];
         char ms_date[160], ms_version[64], ms_type[64] = "", query_block[64] = "";
-        const char *ms[5] = {}, *query[3] = {}, *verb = "PUT", *q = NULL;
+        const char *ms[4] = {}, *query[3] = {}, *verb = "PUT", *q = NULL;
         uint64_t clen = 0, left;
         HttpFileBody file = { .fd = op->fd, .offset = s->off, .size = s->len };
         HttpRequestParams p = {};
@@ -699,9 +694,6 @@ static int slot_send(AzSlot *s) {
         case AZ_HEAD:
                 verb = "HEAD";
                 break;
-        case AZ_GET_RANGE:
-                verb = "GET";
-                break;
         case _AZ_KIND_MAX:
         case _AZ_KIND_INVALID:
                 assert(false);
@@ -710,14 +702,12 @@ static int slot_send(AzSlot *s) {
         if ((s->kind == AZ_PUT_BLOB || s->kind == AZ_PUT_BLOCK) && op->algo == UPLOAD_CHECKSUM_MD5)
                 store_base64(s->md5, sizeof(s->md5), md5);
 
-        /* Sorted by name: x-ms-blob-type < x-ms-date < x-ms-range < x-ms-version. */
+        /* Sorted by name: x-ms-blob-type < x-ms-date < x-ms-version. */
         (void) snprintf(ms_date, sizeof(ms_date), "x-ms-date:%s", date);
         (void) snprintf(ms_version, sizeof(ms_version), "x-ms-version:%s", AZ_VERSION);
         if (ms_type[0])
                 ms[nms++] = ms_type;
         ms[nms++] = ms_date;
-        if (s->kind == AZ_GET_RANGE)
-                ms[nms++] = "x-ms-range:bytes=0-0";
         ms[nms++] = ms_version;
 
         if (op->creds.kind == CRED_AZURE_SAS)
@@ -726,8 +716,8 @@ static int slot_send(AzSlot *s) {
                 if (asprintf(&url, "%s?comp=block&blockid=%s%s%s", op->url, block_id_enc, sas ? "&" : "",
                              strempty(sas)) < 0)
                         return -ENOMEM;
-        } else if (asprintf(&url, "%s%s%s%s%s", op->url, q || sas ? "?" : "", strempty(q), q && sas ? "&" : "",
-                            strempty(sas)) < 0)
+        } else if (asprintf(&url, "%s%s%s%s%s", op->url, q || sas ? "?" : "", strempty(q),
+                            q && sas ? "&" : "", strempty(sas)) < 0)
                 return -ENOMEM;
 
         for (size_t i = 0; i < nms; i++) {
@@ -778,8 +768,7 @@ static int slot_send(AzSlot *s) {
         p.url = url;
         p.headers = h.v;
         p.timeout_usec = MAX(MIN(left, AZ_REQUEST_TIMEOUT_MAX_USEC), USEC_PER_MSEC);
-        /* See az_head_body_max. */
-        p.max_body = s->kind == AZ_HEAD ? az_head_body_max : AZ_ERROR_BODY_MAX;
+        p.max_body = AZ_ERROR_BODY_MAX;
         p.stall_usec = STORE_STALL_USEC;
         r = http_request_start(s->req, &p, req_done, s);
         if (r < 0)
@@ -793,7 +782,8 @@ static int slot_send(AzSlot *s) {
                 log_debug("store-azure: %s: Put Block %u of %u, attempt %u", op->object, s->block + 1,
                           op->n_blocks, s->attempts);
         else
-                log_debug("store-azure: %s: %s, attempt %u", op->object, az_kind_table[s->kind], s->attempts);
+                log_debug("store-azure: %s: %s, attempt %u", op->object, az_kind_table[s->kind],
+                          s->attempts);
         return 0;
 }
 
@@ -809,7 +799,8 @@ static void hash_done(StoreHash *hash, int error, const StoreDigest *d, void *us
         if (error < 0) {
                 op_finish(op, error, "reading %" PRIu64 " bytes of the source at offset %" PRIu64 ": %s",
                           s->len, s->off,
-                          error == -ENODATA ? "the file is shorter than when the upload started" : strerror(-error));
+                          error == -ENODATA ? "the file is shorter than when the upload started"
+                                            : strerror(-error));
                 return;
         }
         memcpy(s->md5, d->md5, sizeof(s->md5));
@@ -844,7 +835,8 @@ static void slot_run(AzSlot *s) {
         assert(s->state == AZ_SLOT_READY && s->retry_usec == 0);
         if (slot_needs_hash(s)) {
                 s->state = AZ_SLOT_HASHING;
-                r = store_hash_start(op->loop, op->fd, s->off, s->len, UPLOAD_CHECKSUM_MD5, hash_done, s, &s->hash);
+                r = store_hash_start(op->loop, op->fd, s->off, s->len, UPLOAD_CHECKSUM_MD5, hash_done, s,
+                                     &s->hash);
                 if (r < 0) {
                         s->state = AZ_SLOT_READY;
                         op_finish(op, r, "hashing block %u: %s", s->block + 1, strerror(-r));
@@ -904,9 +896,8 @@ static int build_block_list(AzOp *op) {
 
 static void verify_done(AzSlot *s) {
         AzOp *op = s->op;
-        bool ranged = s->kind == AZ_GET_RANGE;
-        const char *length = http_request_header(s->req, ranged ? "Content-Range" : "Content-Length");
-        const char *md5 = http_request_header(s->req, ranged ? "x-ms-blob-content-md5" : "Content-MD5");
+        const char *length = http_request_header(s->req, "Content-Length");
+        const char *md5 = http_request_header(s->req, "Content-MD5");
         char etag[sizeof(op->res.etag)], sent[25];
         unsigned long long n = 0;
         char *end = NULL;
@@ -921,15 +912,12 @@ static void verify_done(AzSlot *s) {
                 return;
         }
 
-        /* "bytes 0-0/SIZE" */
-        if (ranged && length)
-                length = strncmp(length, "bytes 0-0/", 10) == 0 ? length + 10 : NULL;
         errno = 0;
         if (length)
                 n = strtoull(length, &end, 10);
         if (!length || errno != 0 || end == length || *end || n != op->size) {
-                op_finish(op, -EIO, "verification failed: size %s != %" PRIu64 " (%s)", length ? length : "unknown",
-                          op->size, op->object);
+                op_finish(op, -EIO, "verification failed: size %s != %" PRIu64 " (%s)",
+                          length ? length : "unknown", op->size, op->object);
                 return;
         }
         if (op->blob_md5_set) {
@@ -982,7 +970,6 @@ static void slot_succeeded(AzSlot *s) {
                 slot_take(s, AZ_HEAD, 0, 0, 0);
                 break;
         case AZ_HEAD:
-        case AZ_GET_RANGE:
                 verify_done(s);
                 break;
         case _AZ_KIND_MAX:
@@ -1012,13 +999,6 @@ static void slot_failed(AzSlot *s, int error, long status, const char *body, siz
                 (void) snprintf(what, sizeof(what), "HTTP %ld%s%s%s%s", status, code[0] ? " " : "", code,
                                 message[0] ? ": " : "", message);
 
-        if (s->kind == AZ_HEAD && error == -EFBIG) {
-                /* See az_head_body_max. */
-                log_debug("store-azure: %s: the blob is too large for a HEAD here, asking for byte 0", op->object);
-                slot_take(s, AZ_GET_RANGE, 0, 0, 0);
-                return;
-        }
-
         if (error == 0 && status == 404 && op->is_check) {
                 op->check_result = 0;
                 (void) snprintf(op->detail, sizeof(op->detail), "not in the store");
@@ -1038,8 +1018,9 @@ static void slot_failed(AzSlot *s, int error, long status, const char *body, siz
                 }
                 if (!op->reauthed) {
                         op->reauthed = true;
-                        (void) snprintf(op->auth_detail, sizeof(op->auth_detail), "%s (%s %s, credentials from %s)",
-                                        what, az_kind_table[s->kind], op->object, strna(op->creds.source));
+                        (void) snprintf(op->auth_detail, sizeof(op->auth_detail),
+                                        "%s (%s %s, credentials from %s)", what, az_kind_table[s->kind],
+                                        op->object, strna(op->creds.source));
                         log_debug("store-azure: %s: %s, fetching credentials again", op->object, what);
                         cred_provider_invalidate(op->cp);
                         op->have_creds = false;
@@ -1048,8 +1029,8 @@ static void slot_failed(AzSlot *s, int error, long status, const char *body, siz
                         op->res.retries++;
                         return;
                 }
-                op_finish(op, -EACCES, "%s (%s %s, credentials from %s)", what, az_kind_table[s->kind], op->object,
-                          strna(op->creds.source));
+                op_finish(op, -EACCES, "%s (%s %s, credentials from %s)", what, az_kind_table[s->kind],
+                          op->object, strna(op->creds.source));
                 return;
         }
 
@@ -1153,7 +1134,7 @@ static int op_new(const StoreParams *p, bool is_check, AzOp **ret) {
                 op->phase = AZ_PHASE_DATA;
                 op->part = MIN(store_part_size(c, op->size), AZ_BLOCK_SIZE_MAX);
                 if (op->size > op->part && (op->size + op->part - 1) / op->part > AZ_BLOCKS_MAX)
-                        /* A configured part size too small for this file: Azure takes 50,000 blocks at most. */
+                        /* A configured part size too small for this file: Azure takes 50,000 blocks. */
                         op->part = (op->size + AZ_BLOCKS_MAX - 1) / AZ_BLOCKS_MAX;
                 if (op->part > AZ_BLOCK_SIZE_MAX)
                         return -EFBIG;

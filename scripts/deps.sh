@@ -21,7 +21,7 @@ FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 # A real Ceph RADOS Gateway (1 mon + 1 memstore OSD + radosgw). node and npm
 # run s3rver and Azurite: Debian's nodejs/npm only when no node/npm is on
 # PATH already (e.g. from nodesource, whose nodejs conflicts with Debian's npm).
-STORE_PACKAGES=(radosgw ceph-mon ceph-osd)
+STORE_PACKAGES=(radosgw ceph-mon ceph-osd openssl)
 # Keep in step with NPM_PACKAGES in tests/integration/stores.py: "cache-dir spec".
 # azurite 3.36 and later need node >= 21; 3.35.0 runs on Debian's node 18 and on 20.
 NPM_PACKAGES=("s3rver @20minutes/s3rver@5.0.0" "azurite azurite@3.35.0")
