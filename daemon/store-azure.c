@@ -50,7 +50,6 @@
  */
 #include <assert.h>
 #include <errno.h>
-#include <expat.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -312,49 +311,6 @@ static void az_block_id(unsigned index, char out[static AZ_BLOCK_ID_LEN + 1]) {
 
 /* ---- error answers --------------------------------------------------------------------- */
 
-typedef struct AzXmlError {
-        unsigned depth;
-        int field;             /* 0 Code, 1 Message, 2 AuthenticationErrorDetail, -1 none */
-        char code[128];
-        char message[320];
-        char detail[160];
-} AzXmlError;
-
-static void az_xml_start(void *data, const XML_Char *name, const XML_Char **attrs) {
-        AzXmlError *x = data;
-
-        x->depth++;
-        x->field = -1;
-        if (x->depth == 2 && streq(name, "Code"))
-                x->field = 0;
-        else if (x->depth == 2 && streq(name, "Message"))
-                x->field = 1;
-        else if (x->depth == 2 && streq(name, "AuthenticationErrorDetail"))
-                x->field = 2;
-}
-
-static void az_xml_end(void *data, const XML_Char *name) {
-        AzXmlError *x = data;
-
-        x->depth--;
-        x->field = -1;
-}
-
-static void az_xml_text(void *data, const XML_Char *s, int len) {
-        AzXmlError *x = data;
-        char *buf;
-        size_t size, l;
-
-        if (x->field < 0 || len <= 0)
-                return;
-        buf = x->field == 0 ? x->code : x->field == 1 ? x->message : x->detail;
-        size = x->field == 0 ? sizeof(x->code) : x->field == 1 ? sizeof(x->message) : sizeof(x->detail);
-        l = strlen(buf);
-        len = (int) MIN((size_t) len, size - 1 - l);
-        memcpy(buf + l, s, (size_t) len);
-        buf[l + (size_t) len] = '\0';
-}
-
 /*
  * Code and Message of an Azure error answer (<Error><Code/><Message/></Error>),
  * else x-ms-error-code (a HEAD has no body). Only the Message's first line:
@@ -364,29 +320,24 @@ static void az_xml_text(void *data, const XML_Char *s, int len) {
  */
 static void az_parse_error(HttpRequest *r, const char *body, size_t size, char *code, size_t code_size,
                            char *message, size_t message_size) {
-        AzXmlError x = { .field = -1 };
+        static const char *const names[] = { "Code", "Message", "AuthenticationErrorDetail" };
+        char *v[3] = {};
         const char *h;
-        XML_Parser p;
 
         code[0] = message[0] = '\0';
-        if (size > 0 && size <= AZ_ERROR_BODY_MAX) {
-                p = XML_ParserCreate(NULL);
-                if (p) {
-                        XML_SetUserData(p, &x);
-                        XML_SetElementHandler(p, az_xml_start, az_xml_end);
-                        XML_SetCharacterDataHandler(p, az_xml_text);
-                        if (XML_Parse(p, body, (int) size, 1) != XML_STATUS_OK)
-                                x.code[0] = x.message[0] = '\0';
-                        XML_ParserFree(p);
-                }
-        }
-        if (!x.code[0] && r && (h = http_request_header(r, "x-ms-error-code")))
-                (void) snprintf(x.code, sizeof(x.code), "%s", h);
-        x.message[strcspn(x.message, "\r\n")] = '\0';
-        x.detail[strcspn(x.detail, "\r\n")] = '\0';
-        (void) snprintf(code, code_size, "%s", x.code);
-        (void) snprintf(message, message_size, "%s%s%s", x.message, x.message[0] && x.detail[0] ? " " : "",
-                        x.detail);
+        if (size > 0 && size <= AZ_ERROR_BODY_MAX)
+                (void) store_xml_find(body, size, names, v, ELEMENTSOF(names));
+        if (v[1])
+                v[1][strcspn(v[1], "\r\n")] = '\0';
+        if (v[2])
+                v[2][strcspn(v[2], "\r\n")] = '\0';
+        if (v[0])
+                (void) snprintf(code, code_size, "%s", v[0]);
+        else if (r && (h = http_request_header(r, "x-ms-error-code")))
+                (void) snprintf(code, code_size, "%s", h);
+        (void) snprintf(message, message_size, "%s%s%s", strempty(v[1]), v[1] && v[2] ? " " : "", strempty(v[2]));
+        for (size_t i = 0; i < ELEMENTSOF(v); i++)
+                free(v[i]);
 }
 
 static bool az_md5_rejected(long status, const char *code, const char *message) {
@@ -853,23 +804,6 @@ static void slot_run(AzSlot *s) {
 
 /* ---- answers ------------------------------------------------------------------------------ */
 
-static void strip_quotes(const char *in, char *out, size_t size) {
-        size_t n;
-
-        if (!in) {
-                out[0] = '\0';
-                return;
-        }
-        if (in[0] == '"')
-                in++;
-        n = strlen(in);
-        if (n > 0 && in[n - 1] == '"')
-                n--;
-        n = MIN(n, size - 1);
-        memcpy(out, in, n);
-        out[n] = '\0';
-}
-
 static int build_block_list(AzOp *op) {
         _cleanup_free_ char *buf = NULL;
         size_t size = 0;
@@ -902,7 +836,7 @@ static void verify_done(AzSlot *s) {
         unsigned long long n = 0;
         char *end = NULL;
 
-        strip_quotes(http_request_header(s->req, "ETag"), etag, sizeof(etag));
+        store_strip_quotes(http_request_header(s->req, "ETag"), etag, sizeof(etag));
         if (op->is_check) {
                 op->check_result = etag[0] && op->want_etag && strcasecmp(etag, op->want_etag) == 0;
                 if (!op->check_result)
@@ -1232,7 +1166,7 @@ static int az_check_start(const StoreParams *p, const char *etag, StoreCheckFn d
         r = op_new(p, true, &op);
         if (r < 0)
                 return r;
-        strip_quotes(etag, e, sizeof(e));
+        store_strip_quotes(etag, e, sizeof(e));
         op->want_etag = strdup(e);
         if (!op->want_etag) {
                 op_free(op);

@@ -64,6 +64,20 @@ StoreHash *store_hash_free(StoreHash *h);
 /** crc32c_update() - CRC-32C (Castagnoli), SSE4.2 when the CPU has it. Start with 0. */
 uint32_t crc32c_update(uint32_t crc, const void *buf, size_t n);
 
+/* ---- answers ------------------------------------------------------------ */
+
+/* XML answers (error bodies, upload ids) are at most this big. */
+#define STORE_XML_MAX (256U * 1024U)
+/**
+ * store_xml_find() - the text of the first of the root element's children
+ * named each of @names (local names, at most 4 KiB each) into @values[i]
+ * (malloc'd, or NULL if absent). -EBADMSG (and all NULL) if @body is not a
+ * whole XML document (or empty, or too big).
+ */
+int store_xml_find(const char *body, size_t size, const char *const *names, char **values, size_t n);
+/** store_strip_quotes() - an ETag header's value without its quotes into @out (NULL: ""). */
+void store_strip_quotes(const char *in, char *out, size_t size);
+
 /* ---- helpers ------------------------------------------------------------ */
 
 /** store_backoff_usec() - delay before retry @attempt (1, 2, ...): 200 ms * 2^(n-1), capped at 5 s, full jitter. */

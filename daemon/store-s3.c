@@ -30,7 +30,6 @@
  */
 #include <assert.h>
 #include <errno.h>
-#include <expat.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
@@ -45,7 +44,6 @@
 #include "store-internal.h"
 
 #define S3_DETAIL_MAX 512U
-#define S3_XML_MAX (256U * 1024U)
 /* Time kept at the end for cancelling and the abort request. */
 #define S3_ABORT_RESERVE_USEC (700 * USEC_PER_MSEC)
 #define S3_SMALL_TIMEOUT_USEC (30 * USEC_PER_SEC)
@@ -146,88 +144,12 @@ static void req_start(S3Upload *u);
 
 /* ---- XML answers ----------------------------------------------------------------- */
 
-/* The text of the first element named each of @names (local names), at any depth. */
-typedef struct XmlFind {
-        const char *const *names;
-        char **values;
-        size_t n;
-        int current;         /* index into names of the element being read, or -1 */
-        bool oom;
-} XmlFind;
-
-static void xml_start(void *data, const XML_Char *name, const XML_Char **attrs) {
-        XmlFind *x = data;
-        const char *local = strrchr(name, ':');
-
-        local = local ? local + 1 : name;
-        x->current = -1;
-        for (size_t i = 0; i < x->n; i++)
-                if (!x->values[i] && streq(local, x->names[i])) {
-                        x->current = (int) i;
-                        x->values[i] = strdup("");
-                        if (!x->values[i])
-                                x->oom = true;
-                        return;
-                }
-}
-
-static void xml_end(void *data, const XML_Char *name) {
-        XmlFind *x = data;
-
-        x->current = -1;
-}
-
-static void xml_text(void *data, const XML_Char *s, int len) {
-        XmlFind *x = data;
-        char *v, *n;
-        size_t l;
-
-        if (x->current < 0 || len <= 0)
-                return;
-        v = x->values[x->current];
-        l = strlen(v);
-        if (l + (size_t) len > 4096)
-                return;
-        n = realloc(v, l + (size_t) len + 1);
-        if (!n) {
-                x->oom = true;
-                return;
-        }
-        memcpy(n + l, s, (size_t) len);
-        n[l + (size_t) len] = '\0';
-        x->values[x->current] = n;
-}
-
-/* Fills @values[i] (malloc'd or NULL); -EBADMSG if @body is not XML. */
-static int xml_find(const char *body, size_t size, const char *const *names, char **values, size_t n) {
-        XmlFind x = { .names = names, .values = values, .n = n, .current = -1 };
-        XML_Parser p;
-        int r = 0;
-
-        for (size_t i = 0; i < n; i++)
-                values[i] = NULL;
-        if (size == 0 || size > S3_XML_MAX)
-                return -EBADMSG;
-        p = XML_ParserCreate(NULL);
-        if (!p)
-                return -ENOMEM;
-        XML_SetUserData(p, &x);
-        XML_SetElementHandler(p, xml_start, xml_end);
-        XML_SetCharacterDataHandler(p, xml_text);
-        if (XML_Parse(p, body, (int) size, 1) != XML_STATUS_OK)
-                r = -EBADMSG;
-        if (x.oom)
-                r = -ENOMEM;
-        XML_ParserFree(p);
-        return r;
-}
-
 /* "HTTP 403 AccessDenied: Access Denied" from an S3 error answer. */
 static void describe_answer(char *buf, size_t size, long status, const char *body, size_t body_size) {
         static const char *const names[] = { "Code", "Message" };
         char *v[2];
 
-        if (xml_find(body, body_size, names, v, 2) == 0 && v[0])
+        if (store_xml_find(body, body_size, names, v, 2) == 0 && v[0])
                 (void) snprintf(buf, size, "HTTP %ld %s%s%s", status, v[0], v[1] ? ": " : "", v[1] ? v[1] : "");
         else
                 (void) snprintf(buf, size, "HTTP %ld", status);
@@ -240,7 +162,7 @@ static bool answer_code_is(const char *body, size_t size, const char *code) {
         char *v = NULL;
         bool r;
 
-        r = xml_find(body, size, names, &v, 1) == 0 && v && streq(v, code);
+        r = store_xml_find(body, size, names, &v, 1) == 0 && v && streq(v, code);
         free(v);
         return r;
 }
@@ -251,23 +173,6 @@ static uint64_t time_left(const S3Upload *u) {
         uint64_t now = now_monotonic_usec();
 
         return now < u->until_usec ? u->until_usec - now : 0;
-}
-
-static void strip_quotes(const char *in, char *out, size_t size) {
-        size_t n;
-
-        if (!in) {
-                out[0] = '\0';
-                return;
-        }
-        if (in[0] == '"')
-                in++;
-        n = strlen(in);
-        if (n > 0 && in[n - 1] == '"')
-                n--;
-        n = MIN(n, size - 1);
-        memcpy(out, in, n);
-        out[n] = '\0';
 }
 
 static bool is_md5_hex(const char *s) {
@@ -581,7 +486,7 @@ static bool expected_etag(const S3Upload *u, const char *have, char *out, size_t
         char hex[33];
 
         if (!u->multipart) {
-                strip_quotes(u->parts[0].etag, out, size);
+                store_strip_quotes(u->parts[0].etag, out, size);
                 return is_md5_hex(out);
         }
         /*
@@ -720,7 +625,7 @@ static void head_verify(S3Upload *u, long status) {
         const char *len = http_request_header(u->req, "Content-Length");
         char etag[128], want[128];
 
-        strip_quotes(http_request_header(u->req, "ETag"), etag, sizeof(etag));
+        store_strip_quotes(http_request_header(u->req, "ETag"), etag, sizeof(etag));
         if (!len || strtoull(len, NULL, 10) != u->size) {
                 upload_fail(u, -EIO, "verification failed: the store has %s bytes, %" PRIu64 " were sent",
                             len ? len : "no Content-Length:", u->size);
@@ -781,7 +686,7 @@ static void req_done(HttpRequest *r, int error, long status, const char *body, s
                 static const char *const names[] = { "UploadId" };
                 char *id = NULL;
 
-                if (xml_find(body, size, names, &id, 1) < 0 || isempty(id)) {
+                if (store_xml_find(body, size, names, &id, 1) < 0 || isempty(id)) {
                         free(id);
                         upload_fail(u, -EPROTO, "CreateMultipartUpload: no UploadId in the answer");
                         return;
@@ -969,7 +874,7 @@ static void slot_done(HttpRequest *r, int error, long status, const char *body, 
         if (error == 0 && status >= 200 && status <= 299) {
                 char etag[80];
 
-                strip_quotes(http_request_header(r, "ETag"), etag, sizeof(etag));
+                store_strip_quotes(http_request_header(r, "ETag"), etag, sizeof(etag));
                 if (!etag[0]) {
                         upload_fail(u, -EPROTO, "part %u: the store answered without an ETag", number);
                         return;
@@ -1250,7 +1155,7 @@ static void check_head_done(HttpRequest *r, int error, long status, const char *
                 u->error = -EIO;
                 describe_answer(u->detail, sizeof(u->detail), status, body, size);
         } else {
-                strip_quotes(http_request_header(r, "ETag"), etag, sizeof(etag));
+                store_strip_quotes(http_request_header(r, "ETag"), etag, sizeof(etag));
                 (void) snprintf(u->res.etag, sizeof(u->res.etag), "%s", etag);
         }
         upload_report(u);

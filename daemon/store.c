@@ -7,6 +7,7 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <expat.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -286,6 +287,112 @@ uint32_t crc32c_update(uint32_t crc, const void *buf, size_t n) {
                 return ~crc32c_sse42(c, buf, n);
 #endif
         return ~crc32c_sw(c, buf, n);
+}
+
+/* ---- answers ------------------------------------------------------------------ */
+
+/* The text of the first element named each of @names (local names), at any depth. */
+typedef struct XmlFind {
+        const char *const *names;
+        char **values;
+        size_t n;
+        int current;         /* index into names of the element being read, or -1 */
+        unsigned depth;      /* 1: the root element */
+        bool oom;
+} XmlFind;
+
+static void xml_start(void *data, const XML_Char *name, const XML_Char **attrs) {
+        XmlFind *x = data;
+        const char *local = strrchr(name, ':');
+
+        local = local ? local + 1 : name;
+        x->current = -1;
+        /* Only the root's own children: <Error><Code>, <InitiateMultipartUploadResult><UploadId>. */
+        if (++x->depth != 2)
+                return;
+        for (size_t i = 0; i < x->n; i++)
+                if (!x->values[i] && streq(local, x->names[i])) {
+                        x->current = (int) i;
+                        x->values[i] = strdup("");
+                        if (!x->values[i])
+                                x->oom = true;
+                        return;
+                }
+}
+
+static void xml_end(void *data, const XML_Char *name) {
+        XmlFind *x = data;
+
+        x->depth--;
+        x->current = -1;
+}
+
+static void xml_text(void *data, const XML_Char *s, int len) {
+        XmlFind *x = data;
+        char *v, *n;
+        size_t l;
+
+        if (x->current < 0 || len <= 0)
+                return;
+        v = x->values[x->current];
+        l = strlen(v);
+        if (l + (size_t) len > 4096)
+                return;
+        n = realloc(v, l + (size_t) len + 1);
+        if (!n) {
+                x->oom = true;
+                return;
+        }
+        memcpy(n + l, s, (size_t) len);
+        n[l + (size_t) len] = '\0';
+        x->values[x->current] = n;
+}
+
+/* Fills @values[i] (malloc'd or NULL); -EBADMSG if @body is not XML. */
+int store_xml_find(const char *body, size_t size, const char *const *names, char **values, size_t n) {
+        XmlFind x = { .names = names, .values = values, .n = n, .current = -1 };
+        XML_Parser p;
+        int r = 0;
+
+        for (size_t i = 0; i < n; i++)
+                values[i] = NULL;
+        if (size == 0 || size > STORE_XML_MAX)
+                return -EBADMSG;
+        p = XML_ParserCreate(NULL);
+        if (!p)
+                return -ENOMEM;
+        XML_SetUserData(p, &x);
+        XML_SetElementHandler(p, xml_start, xml_end);
+        XML_SetCharacterDataHandler(p, xml_text);
+        if (XML_Parse(p, body, (int) size, 1) != XML_STATUS_OK)
+                r = -EBADMSG;
+        if (x.oom)
+                r = -ENOMEM;
+        XML_ParserFree(p);
+        if (r < 0)
+                /* Nothing from a document that is not one: a truncated body proves nothing. */
+                for (size_t i = 0; i < n; i++) {
+                        free(values[i]);
+                        values[i] = NULL;
+                }
+        return r;
+}
+
+void store_strip_quotes(const char *in, char *out, size_t size) {
+        size_t n;
+
+        if (!in) {
+                out[0] = '\0';
+                return;
+        }
+        if (in[0] == '"')
+                in++;
+        n = strlen(in);
+        if (n > 0 && in[n - 1] == '"')
+                n--;
+        n = MIN(n, size - 1);
+        memcpy(out, in, n);
+        out[n] = '\0';
 }
 
 /* ---- helpers ------------------------------------------------------------------ */

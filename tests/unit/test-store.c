@@ -115,6 +115,32 @@ static void test_object_url(void) {
         free(u);
 }
 
+static void test_xml_find(void) {
+        static const char *const names[] = { "UploadId", "Code" };
+        static const char ok[] = "<?xml version=\"1.0\"?><InitiateMultipartUploadResult xmlns=\"http://s3.amazonaws."
+                                 "com/doc/2006-03-01/\"><Bucket>b</Bucket><Nested><UploadId>no</UploadId></Nested>"
+                                 "<UploadId>2~abc</UploadId></InitiateMultipartUploadResult>";
+        char *v[2];
+        char q[16];
+
+        ASSERT_OK(store_xml_find(ok, strlen(ok), names, v, 2));
+        ASSERT_STREQ(v[0], "2~abc"); /* the root's child, not the nested one */
+        ASSERT_TRUE(v[1] == NULL);
+        free(v[0]);
+        /* Truncated or not XML: nothing, even what was read before the break. */
+        ASSERT_ERR(store_xml_find("<Error><Code>Slow", 17, names, v, 2), EBADMSG);
+        ASSERT_TRUE(v[0] == NULL && v[1] == NULL);
+        ASSERT_ERR(store_xml_find("", 0, names, v, 2), EBADMSG);
+        ASSERT_ERR(store_xml_find("HTTP/1.1 500", 12, names, v, 2), EBADMSG);
+
+        store_strip_quotes("\"abc-3\"", q, sizeof(q));
+        ASSERT_STREQ(q, "abc-3");
+        store_strip_quotes(NULL, q, sizeof(q));
+        ASSERT_STREQ(q, "");
+        store_strip_quotes("0x8D0123456789ABCDEF", q, 8);
+        ASSERT_STREQ(q, "0x8D012");
+}
+
 /* ---- hashing on the threadpool --------------------------------------------- */
 
 typedef struct HashRun {
@@ -215,6 +241,7 @@ int main(void) {
         RUN(test_part_size);
         RUN(test_backoff);
         RUN(test_object_url);
+        RUN(test_xml_find);
         RUN(test_hash);
         return 0;
 }
