@@ -1605,6 +1605,12 @@ static void remote_sent(StoreUpload *u, int error, const char *detail, const Sto
         t->stats.retries += res->retries;
         stage_wake(s);
 
+        if (error == -EBUSY && t->restarts == 0) {
+                /* The store saw the source change under it (and kept nothing): once more. */
+                t->restarts++;
+                remote_begin(s, t);
+                return;
+        }
         if (error < 0) {
                 transfer_fail(s, error, "%s", detail ? detail : strerror(-error));
                 return;

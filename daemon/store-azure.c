@@ -57,6 +57,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <strings.h>
 #include <time.h>
 
@@ -143,6 +144,8 @@ struct AzOp {
         char *resource;        /* "/" account + the URL's path: the CanonicalizedResource base */
         int fd;
         uint64_t size;
+        struct timespec mtime;  /* the source's when we started */
+        bool have_mtime;
         uint64_t until_usec;
         UploadChecksum algo;   /* MD5 or NONE */
 
@@ -866,6 +869,16 @@ static void verify_done(AzSlot *s) {
         op_finish(op, 0, NULL);
 }
 
+/* Is the source still what the blocks were read from? (A trainer still writing.) */
+static bool source_changed(const AzOp *op) {
+        struct stat st;
+
+        if (!op->have_mtime || fstat(op->fd, &st) < 0)
+                return false;
+        return (uint64_t) st.st_size != op->size || st.st_mtim.tv_sec != op->mtime.tv_sec ||
+               st.st_mtim.tv_nsec != op->mtime.tv_nsec;
+}
+
 static void slot_succeeded(AzSlot *s) {
         AzOp *op = s->op;
         uint64_t took = now_monotonic_usec() - s->sent_usec;
@@ -891,6 +904,11 @@ static void slot_succeeded(AzSlot *s) {
                 s->state = AZ_SLOT_IDLE;
                 if (op->n_done < op->n_blocks)
                         break;
+                if (source_changed(op)) {
+                        /* Not committed: Azure drops uncommitted blocks, nothing torn becomes visible. */
+                        op_finish(op, -EBUSY, "source changed while being read");
+                        return;
+                }
                 r = build_block_list(op);
                 if (r < 0) {
                         op_finish(op, r, "out of memory");
@@ -1057,6 +1075,14 @@ static int op_new(const StoreParams *p, bool is_check, AzOp **ret) {
         op->cp = p->creds;
         op->fd = p->fd;
         op->size = is_check ? 0 : p->size;
+        if (!is_check && p->fd >= 0) {
+                struct stat st;
+
+                if (fstat(p->fd, &st) >= 0) {
+                        op->mtime = st.st_mtim;
+                        op->have_mtime = true;
+                }
+        }
         op->until_usec = p->until_usec;
         op->algo = c->checksum == UPLOAD_CHECKSUM_NONE ? UPLOAD_CHECKSUM_NONE : UPLOAD_CHECKSUM_MD5;
         op->creds.kind = _CRED_KIND_INVALID;

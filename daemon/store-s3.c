@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "action.h"
 #include "shared/log.h"
@@ -61,6 +62,7 @@ typedef enum S3Phase {
         S3_COMPLETE,   /* CompleteMultipartUpload */
         S3_HEAD,       /* verifying */
         S3_ABORT,      /* aborting, then done with the saved error */
+        S3_DELETE,     /* removing a single PUT's object whose source changed, then done with the error */
         S3_DONE,
 } S3Phase;
 
@@ -102,6 +104,8 @@ struct S3Upload {
         bool bearer;         /* gs:// with an OAuth token */
         int fd;
         uint64_t size;
+        struct timespec mtime; /* the source's when we started */
+        bool have_mtime;
         uint64_t until_usec;
         uint64_t rate_limit;
         StoreDoneFn done;
@@ -570,6 +574,12 @@ static void req_start(S3Upload *u) {
                 sha256_of("", 0, sha);
                 request_auth(u, &p, &h, sha);
                 break;
+        case S3_DELETE:
+                p.method = "DELETE";
+                r = asprintf(&url, "%s", u->url);
+                sha256_of("", 0, sha);
+                request_auth(u, &p, &h, sha);
+                break;
         case S3_ABORT:
                 p.method = "DELETE";
                 r = asprintf(&url, "%s?uploadId=%s", u->url, id);
@@ -659,6 +669,13 @@ static void req_done(HttpRequest *r, int error, long status, const char *body, s
         }
         if (error == -ECANCELED)
                 return;
+        if (u->phase == S3_DELETE) {
+                if (error < 0 || (status != 204 && status != 200 && status != 404))
+                        log_debug("upload: %s: could not remove the object of a changed source (%s %ld)", u->object,
+                                  error < 0 ? strerror(-error) : "HTTP", status);
+                upload_report(u);
+                return;
+        }
 
         if (error == 0 && (status == 401 || status == 403) && creds_rejected(u)) {
                 req_start(u);
@@ -850,7 +867,31 @@ static void slot_run(S3Slot *sl) {
         slot_send(sl);
 }
 
+/* Is the source still what the parts were read from? (A trainer still writing.) */
+static bool source_changed(const S3Upload *u) {
+        struct stat st;
+
+        if (!u->have_mtime || fstat(u->fd, &st) < 0)
+                return false;
+        return (uint64_t) st.st_size != u->size || st.st_mtim.tv_sec != u->mtime.tv_sec ||
+               st.st_mtim.tv_nsec != u->mtime.tv_nsec;
+}
+
 static void parts_finished(S3Upload *u) {
+        if (source_changed(u)) {
+                if (u->multipart) {
+                        /* Not completed: the abort leaves nothing of it. */
+                        upload_fail(u, -EBUSY, "source changed while being read");
+                        return;
+                }
+                /* A single PUT is visible already: take it away again, it may be torn. */
+                u->error = -EBUSY;
+                (void) snprintf(u->detail, sizeof(u->detail), "source changed while being read");
+                u->phase = S3_DELETE;
+                u->req_attempts = 0;
+                req_start(u);
+                return;
+        }
         if (!u->multipart) {
                 u->phase = S3_HEAD;
                 req_start(u);
@@ -1039,6 +1080,14 @@ static int upload_new(const StoreParams *p, S3Upload **ret) {
         u->size = p->size;
         u->until_usec = p->until_usec;
         u->rate_limit = p->rate_limit;
+        if (p->fd >= 0) {
+                struct stat st;
+
+                if (fstat(p->fd, &st) >= 0) {
+                        u->mtime = st.st_mtim;
+                        u->have_mtime = true;
+                }
+        }
         (void) snprintf(u->sigv4, sizeof(u->sigv4), "aws:amz:%s:s3",
                         c->region ? c->region : c->scheme == UPLOAD_GS ? "auto" : UPLOAD_DEFAULT_REGION);
 

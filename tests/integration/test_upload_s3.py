@@ -220,6 +220,69 @@ def test_checksum_sha256_and_crc32c():
         check(s3.get_object_sha256(bucket, "faults/crc.bin") == sha, "identical")
 
 
+def test_source_changing_while_sent():
+    """A trainer still appending to the checkpoint: the upload is tried again once from the file as it is
+    then, and reported as changing if it still does; never a torn object in the store."""
+    import threading
+    r = rgw()
+    s3 = r.s3()
+    bucket = new_bucket(s3)
+    with stores.FaultProxy(r.endpoint) as px:
+        px.add_rule("delay", method="PUT", match="partNumber=", count=None, seconds=0.5)
+        d, _ = fault_setup(bucket, r, px, name="grow", size=24 * MiB)
+        path = os.path.join(d.tmp, "ckpt", "grow.bin")
+        stop = threading.Event()
+
+        def writer():
+            with open(path, "ab") as f:
+                while not stop.wait(0.1):
+                    f.write(os.urandom(4096))
+                    f.flush()
+
+        with d:
+            t = threading.Thread(target=writer)
+            t.start()
+            try:
+                res = d.ctl("upload", check=False)
+            finally:
+                stop.set()
+                t.join()
+            rec = d.records("upload")[-1]
+            check(res.returncode != 0 and rec["SPOTWATCH_STATE"] == "failed"
+                  and rec["SPOTWATCH_ERROR"] == "source changed while being read",
+                  f"a file that keeps changing is reported, not uploaded torn: {rec.get('SPOTWATCH_ERROR')}")
+            creates = px.requests(method="POST", match="uploads=")
+            check(len(creates) == 2, f"it was tried twice (the second from the file as it was then): "
+                                     f"{len(creates)} multipart uploads")
+            check(no_uploads_left(s3, bucket) and s3.head_object(bucket, "faults/grow.bin")[0] == 404,
+                  "nothing of it is visible or left behind in the store")
+            px.clear_rules()
+            d.ctl("upload")
+            check(d.records("upload")[-1]["SPOTWATCH_STATE"] == "sent", "once it is still, it is sent")
+            sha = stores.file_sha256(path)
+        check(s3.get_object_sha256(bucket, "faults/grow.bin") == sha, "and the object is the final file")
+
+
+def test_gs_hmac_keys_sign_like_s3():
+    """gs:// with HMAC keys is SigV4 through the same code as s3://; radosgw checks those signatures."""
+    r = rgw()
+    s3 = r.s3()
+    bucket = new_bucket(s3)
+    d = Daemon(fake_metadata="gcp", daemon_keys={"cloud": "gcp"})
+    src = os.path.join(d.tmp, "ckpt")
+    os.mkdir(src)
+    sha = write_file(os.path.join(src, "h.bin"), 20 * MiB)
+    with open(d.config_path, "a") as f:
+        f.write(f'\n[upload "g"]\nsource = {src}\ndestination = gs://{bucket}/hmac/\nendpoint = {r.endpoint}\n'
+                f'region = us-east-1\npart_size = 8M\n' + keys(r.access_key, r.secret_key))
+    with d:
+        d.ctl("upload")
+        rec = d.records("upload")[0]
+        check(rec["SPOTWATCH_STATE"] == "sent" and rec["SPOTWATCH_OBJECT"] == f"gs://{bucket}/hmac/h.bin",
+              "sent with HMAC keys, SigV4-signed")
+    check(s3.get_object_sha256(bucket, "hmac/h.bin") == sha, "identical")
+
+
 def test_deadline_reports_exactly():
     """Must show 2: the deadline cuts a slow upload; the record says which objects completed, and the
     unfinished multipart upload is aborted."""
@@ -342,5 +405,6 @@ def test_session_token_sent_and_signed():
 
 if __name__ == "__main__":
     main([test_multipart_big_file, test_5xx_and_dropped_connections, test_corrupted_byte_rejected_and_retried,
-          test_single_put_corrupted, test_checksum_sha256_and_crc32c, test_deadline_reports_exactly, test_wrong_key_one_clear_error,
+          test_single_put_corrupted, test_checksum_sha256_and_crc32c, test_source_changing_while_sent,
+          test_gs_hmac_keys_sign_like_s3, test_deadline_reports_exactly, test_wrong_key_one_clear_error,
           test_instance_role_credentials_refresh, test_session_token_sent_and_signed])
