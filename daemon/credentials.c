@@ -1194,3 +1194,22 @@ CredProvider *cred_provider_free(CredProvider *p) {
         free(p);
         return NULL;
 }
+
+int credentials_parse_answer(CredAnswer what, const char *body, size_t size, Credentials *ret, char *err,
+                             size_t errsz) {
+        switch (what) {
+        case CRED_ANSWER_AWS_ROLE:
+                return parse_aws_credentials(body, size, ret, err, errsz);
+        case CRED_ANSWER_GCP_TOKEN:
+                return parse_gcp_token(body, size, ret, err, errsz);
+        case CRED_ANSWER_AZURE_TOKEN:
+                return parse_azure_token(body, size, ret, err, errsz);
+        case _CRED_ANSWER_MAX:
+                break;
+        }
+        return -EINVAL;
+}
+
+int credentials_parse_role_list(const char *body, size_t size, char **ret) {
+        return parse_role(body, size, ret);
+}

@@ -109,6 +109,23 @@ void cred_provider_invalidate(CredProvider *p);
 CredProvider *cred_provider_free(CredProvider *p);
 DEFINE_TRIVIAL_CLEANUP_FUNC(CredProvider *, cred_provider_free);
 
+/*
+ * The metadata services' answers, parsed as the provider does (exposed for
+ * the fuzzer and the tests): an AWS role document, a GCP service-account
+ * token, an Azure managed-identity token. -errno and a one-line @err on
+ * anything wrong; on success *@ret is filled (free with credentials_done()).
+ */
+typedef enum CredAnswer {
+        CRED_ANSWER_AWS_ROLE,
+        CRED_ANSWER_GCP_TOKEN,
+        CRED_ANSWER_AZURE_TOKEN,
+        _CRED_ANSWER_MAX,
+} CredAnswer;
+int credentials_parse_answer(CredAnswer what, const char *body, size_t size, Credentials *ret, char *err,
+                             size_t errsz);
+/** credentials_parse_role_list() - the first line of iam/security-credentials/: the role's name (malloc'd). */
+int credentials_parse_role_list(const char *body, size_t size, char **ret);
+
 /** credentials_copy() / credentials_done() - deep copy and release. */
 int credentials_copy(Credentials *to, const Credentials *from);
 void credentials_done(Credentials *c);

@@ -1008,7 +1008,7 @@ static void deadline_cb(uv_timer_t *t) {
 /* ---- setup --------------------------------------------------------------------------------- */
 
 static int object_url(const UploadConfig *c, const char *key, char **ret) {
-        _cleanup_free_ char *k = store_pct_encode(key, true), *b = NULL;
+        _cleanup_free_ char *k = store_pct_encode(key, true);
         const char *region = c->region ? c->region : UPLOAD_DEFAULT_REGION;
         int r;
 
