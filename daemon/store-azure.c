@@ -87,6 +87,7 @@ typedef enum AzKind {
         AZ_PUT_BLOCK,
         AZ_PUT_BLOCK_LIST,
         AZ_HEAD,
+        AZ_DELETE,      /* a single Put Blob whose source changed under it: take it away again */
         _AZ_KIND_MAX,
         _AZ_KIND_INVALID = -EINVAL,
 } AzKind;
@@ -96,6 +97,7 @@ static const char *const az_kind_table[_AZ_KIND_MAX] = {
         [AZ_PUT_BLOCK] = "Put Block",
         [AZ_PUT_BLOCK_LIST] = "Put Block List",
         [AZ_HEAD] = "Get Blob Properties",
+        [AZ_DELETE] = "Delete Blob",
 };
 
 typedef enum AzSlotState {
@@ -648,6 +650,9 @@ static int slot_send(AzSlot *s) {
         case AZ_HEAD:
                 verb = "HEAD";
                 break;
+        case AZ_DELETE:
+                verb = "DELETE";
+                break;
         case _AZ_KIND_MAX:
         case _AZ_KIND_INVALID:
                 assert(false);
@@ -889,6 +894,11 @@ static void slot_succeeded(AzSlot *s) {
 
         switch (s->kind) {
         case AZ_PUT_BLOB:
+                if (source_changed(op)) {
+                        /* Visible already and maybe torn (a trainer still appending): remove it. */
+                        slot_take(s, AZ_DELETE, 0, 0, 0);
+                        break;
+                }
                 op->bytes_done = op->size;
                 op->n_done = 1;
                 if (op->algo == UPLOAD_CHECKSUM_MD5) {
@@ -924,6 +934,9 @@ static void slot_succeeded(AzSlot *s) {
         case AZ_HEAD:
                 verify_done(s);
                 break;
+        case AZ_DELETE:
+                op_finish(op, -EBUSY, "source changed while being read");
+                return;
         case _AZ_KIND_MAX:
         case _AZ_KIND_INVALID:
                 assert(false);

@@ -273,6 +273,43 @@ def test_md5_mismatch_and_503_retried():
             check(stored_sha256(container, "r.bin") == sums["r.bin"], "the blob reads back byte for byte")
 
 
+def test_source_changing_while_sent():
+    """A blob whose file is still being appended to: a single Put Blob is removed again, blocks are never
+    committed; tried once more, then reported; sent once the file is still."""
+    import threading
+    az = azurite()
+    with stores.FaultProxy(az.blob_endpoint) as px:
+        px.add_rule("delay", method="PUT", count=None, seconds=0.6)
+        endpoint = px.endpoint + "/" + ACCOUNT
+        for name, size in (("one.bin", 2 * MiB), ("blocks.bin", 20 * MiB)):
+            d, src, container, _ = setup({name: size}, endpoint=endpoint)
+            path = os.path.join(src, name)
+            stop = threading.Event()
+
+            def writer():
+                with open(path, "ab") as f:
+                    while not stop.wait(0.1):
+                        f.write(os.urandom(4096))
+                        f.flush()
+
+            with d:
+                t = threading.Thread(target=writer)
+                t.start()
+                try:
+                    res = d.ctl("upload", check=False)
+                finally:
+                    stop.set()
+                    t.join()
+                rec = d.records("upload")[-1]
+                check(res.returncode != 0 and rec["SPOTWATCH_ERROR"] == "source changed while being read",
+                      f"{name}: a file that keeps changing is reported: {rec.get('SPOTWATCH_ERROR')}")
+                check(not az.client().list_blobs(container), f"{name}: nothing of it is visible in the container")
+                d.ctl("upload")
+                check(d.records("upload")[-1]["SPOTWATCH_STATE"] == "sent", f"{name}: sent once the file is still")
+                sha = stores.file_sha256(path)
+            check(stored_sha256(container, name) == sha, f"{name}: the blob is the final file")
+
+
 def bearer_daemon(fw, container, size):
     d, src, container, sums = setup({"b.bin": size}, key=None, endpoint=fw.url("/" + ACCOUNT), part_size="5M",
                                     fake_metadata="azure", daemon_keys={"cloud": "azure"}, container=container)
@@ -322,7 +359,7 @@ def test_bearer():
 if __name__ == "__main__":
     try:
         main([test_shared_key_blob_and_blocks, test_sas, test_wrong_key, test_md5_mismatch_and_503_retried,
-              test_bearer])
+              test_source_changing_while_sent, test_bearer])
     finally:
         if AZURITE:
             AZURITE.stop()
