@@ -1229,7 +1229,12 @@ static void check_creds_done(CredProvider *p, int error, const Credentials *c, c
 }
 
 static void check_creds_then_head(S3Upload *u) {
-        HttpRequestParams p = { .method = "HEAD", .url = u->url, .timeout_usec = S3_SMALL_TIMEOUT_USEC };
+        /* Asking costs no more than the time left: a store that hangs must not hold the plan past it. */
+        HttpRequestParams p = {
+                .method = "HEAD",
+                .url = u->url,
+                .timeout_usec = MAX(MIN(S3_SMALL_TIMEOUT_USEC, time_left(u)), 100 * USEC_PER_MSEC),
+        };
         S3Headers h = {};
         uint8_t sha[32];
         int r;

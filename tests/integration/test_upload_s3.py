@@ -321,6 +321,25 @@ def test_deadline_reports_exactly():
         check(names == ["dl/fast.bin"], f"only the completed object is visible ({names})")
 
 
+def test_hanging_store_does_not_hold_the_plan():
+    """The manifest's "is it still there?" HEAD against a store that hangs is bounded by the deadline too."""
+    r = rgw()
+    s3 = r.s3()
+    bucket = new_bucket(s3)
+    with stores.FaultProxy(r.endpoint) as px:
+        d, _ = fault_setup(bucket, r, px, name="kept", size=2 * MiB,
+                           daemon_keys={"default_deadline": "3s", "deadline_margin": "0s"})
+        with d:
+            d.ctl("upload")
+            check(d.records("upload")[-1]["SPOTWATCH_STATE"] == "sent", "sent once, recorded in the manifest")
+            px.add_rule("delay", method="HEAD", count=None, seconds=20)
+            t0 = time.monotonic()
+            d.ctl("trigger", "--wait", timeout=60)
+            took = time.monotonic() - t0
+            check(took < 8, f"the plan still ended at its 3 s deadline ({took:.1f} s) with the store hanging")
+            check(d.records("upload")[-1]["SPOTWATCH_STATE"] == "failed", "and the object is reported, not skipped")
+
+
 def test_wrong_key_one_clear_error():
     r = rgw()
     s3 = r.s3()
@@ -406,5 +425,6 @@ def test_session_token_sent_and_signed():
 if __name__ == "__main__":
     main([test_multipart_big_file, test_5xx_and_dropped_connections, test_corrupted_byte_rejected_and_retried,
           test_single_put_corrupted, test_checksum_sha256_and_crc32c, test_source_changing_while_sent,
-          test_gs_hmac_keys_sign_like_s3, test_deadline_reports_exactly, test_wrong_key_one_clear_error,
+          test_gs_hmac_keys_sign_like_s3, test_deadline_reports_exactly, test_hanging_store_does_not_hold_the_plan,
+          test_wrong_key_one_clear_error,
           test_instance_role_credentials_refresh, test_session_token_sent_and_signed])
