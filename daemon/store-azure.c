@@ -580,23 +580,6 @@ static bool creds_ensure(AzOp *op) {
 
 /* ---- requests -------------------------------------------------------------------------- */
 
-typedef struct AzHeaders {
-        const char *v[8];
-        size_t n;
-        char buf[7][256];
-} AzHeaders;
-
-static void headers_add(AzHeaders *h, const char *fmt, ...) _printf_(2, 3);
-static void headers_add(AzHeaders *h, const char *fmt, ...) {
-        va_list ap;
-
-        assert(h->n + 1 < ELEMENTSOF(h->v) && h->n < ELEMENTSOF(h->buf));
-        va_start(ap, fmt);
-        (void) vsnprintf(h->buf[h->n], sizeof(h->buf[0]), fmt, ap);
-        va_end(ap);
-        h->v[h->n] = h->buf[h->n];
-        h->v[++h->n] = NULL;
-}
 
 static uint64_t op_time_left(const AzOp *op) {
         uint64_t now = now_monotonic_usec();
@@ -610,14 +593,14 @@ static void req_done(HttpRequest *r, int error, long status, const char *body, s
 
 static int slot_send(AzSlot *s) {
         AzOp *op = s->op;
-        _cleanup_free_ char *url = NULL, *block_id_enc = NULL, *sts = NULL, *bearer = NULL;
+        _cleanup_free_ char *url = NULL, *block_id_enc = NULL, *sts = NULL;
         char date[128], md5[25] = "", block_id[AZ_BLOCK_ID_LEN + 1], sig[45];
         char ms_date[160], ms_version[64], ms_type[64] = "", query_block[64] = "";
         const char *ms[4] = {}, *query[3] = {}, *verb = "PUT", *q = NULL;
         uint64_t clen = 0, left;
         HttpFileBody file = { .fd = op->fd, .offset = s->off, .size = s->len };
         HttpRequestParams p = {};
-        AzHeaders h = {};
+        _cleanup_(store_headers_done) StoreHeaders h = {};
         size_t nms = 0;
         const char *sas = NULL;
         int r;
@@ -682,10 +665,10 @@ static int slot_send(AzSlot *s) {
         for (size_t i = 0; i < nms; i++) {
                 const char *colon = strchr(ms[i], ':');
 
-                headers_add(&h, "%.*s: %s", (int) (colon - ms[i]), ms[i], colon + 1);
+                store_headers_add(&h, "%.*s: %s", (int) (colon - ms[i]), ms[i], colon + 1);
         }
         if (md5[0])
-                headers_add(&h, "Content-MD5: %s", md5);
+                store_headers_add(&h, "Content-MD5: %s", md5);
 
         switch (op->creds.kind) {
         case CRED_AZURE_KEY: {
@@ -704,15 +687,11 @@ static int slot_send(AzSlot *s) {
                 r = az_sign(op->key, op->key_size, sts, sig);
                 if (r < 0)
                         return r;
-                headers_add(&h, "Authorization: SharedKey %s:%s", op->cfg->account, sig);
+                store_headers_add(&h, "Authorization: SharedKey %s:%s", op->cfg->account, sig);
                 break;
         }
         case CRED_BEARER:
-                /* Too long for the fixed header buffers: tokens run to a few KiB. */
-                if (asprintf(&bearer, "Authorization: Bearer %s", op->creds.token) < 0)
-                        return -ENOMEM;
-                h.v[h.n++] = bearer;
-                h.v[h.n] = NULL;
+                store_headers_add(&h, "Authorization: Bearer %s", op->creds.token);
                 break;
         case CRED_AZURE_SAS:
                 break;
@@ -722,6 +701,8 @@ static int slot_send(AzSlot *s) {
                 return -EACCES;
         }
 
+        if (h.oom)
+                return -ENOMEM;
         left = op_time_left(op);
         p.method = verb;
         p.url = url;
@@ -752,7 +733,7 @@ static void hash_done(StoreHash *hash, int error, const StoreDigest *d, void *us
         AzSlot *s = userdata;
         AzOp *op = s->op;
 
-        s->hash = store_hash_free(hash);
+        s->hash = NULL; /* store.c frees it once this returns */
         if (op->finished || op->freed)
                 return;
         if (error < 0) {

@@ -78,6 +78,26 @@ int store_xml_find(const char *body, size_t size, const char *const *names, char
 /** store_strip_quotes() - an ETag header's value without its quotes into @out (NULL: ""). */
 void store_strip_quotes(const char *in, char *out, size_t size);
 
+/* ---- request headers ----------------------------------------------------- */
+
+#define STORE_HEADERS_MAX 15U
+
+/*
+ * The "Name: value" lines of one request, each in its own allocation (an
+ * OAuth token or an STS session token runs to a few KiB), NULL-terminated
+ * for HttpRequestParams.headers. Adding past STORE_HEADERS_MAX is a bug
+ * (assert); out of memory sets @oom, which the caller checks before sending.
+ */
+typedef struct StoreHeaders {
+        const char *v[STORE_HEADERS_MAX + 1];
+        char *owned[STORE_HEADERS_MAX];
+        size_t n;
+        bool oom;
+} StoreHeaders;
+
+void store_headers_add(StoreHeaders *h, const char *fmt, ...) _printf_(2, 3);
+void store_headers_done(StoreHeaders *h);
+
 /* ---- helpers ------------------------------------------------------------ */
 
 /** store_backoff_usec() - delay before retry @attempt (1, 2, ...): 200 ms * 2^(n-1), capped at 5 s, full jitter. */

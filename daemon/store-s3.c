@@ -112,6 +112,7 @@ struct S3Upload {
         void *userdata;
 
         S3Phase phase;
+        bool check;          /* only the HEAD of store_check_start() */
         bool multipart;
         char *upload_id;
         S3Part *parts;
@@ -217,31 +218,12 @@ static bool digest_rejected(long status, const char *body, size_t size) {
 
 /* ---- requests ------------------------------------------------------------------------ */
 
-typedef struct S3Headers {
-        const char *v[12];
-        size_t n;
-        char buf[10][512];
-        size_t nbuf;
-} S3Headers;
-
-static void headers_add(S3Headers *h, const char *fmt, ...) _printf_(2, 3);
-static void headers_add(S3Headers *h, const char *fmt, ...) {
-        va_list ap;
-
-        assert(h->nbuf < ELEMENTSOF(h->buf) && h->n + 1 < ELEMENTSOF(h->v));
-        va_start(ap, fmt);
-        (void) vsnprintf(h->buf[h->nbuf], sizeof(h->buf[0]), fmt, ap);
-        va_end(ap);
-        h->v[h->n++] = h->buf[h->nbuf++];
-        h->v[h->n] = NULL;
-}
-
 /* Auth and the payload hash header; @sha256 NULL: UNSIGNED-PAYLOAD. */
-static void request_auth(S3Upload *u, HttpRequestParams *p, S3Headers *h, const uint8_t *sha256) {
+static void request_auth(S3Upload *u, HttpRequestParams *p, StoreHeaders *h, const uint8_t *sha256) {
         char hex[65];
 
         if (u->bearer) {
-                headers_add(h, "Authorization: Bearer %s", u->creds.token);
+                store_headers_add(h, "Authorization: Bearer %s", u->creds.token);
                 return;
         }
         p->aws_sigv4 = u->sigv4;
@@ -249,11 +231,11 @@ static void request_auth(S3Upload *u, HttpRequestParams *p, S3Headers *h, const 
         p->password = u->creds.secret_access_key;
         if (sha256) {
                 store_hex(sha256, 32, hex);
-                headers_add(h, "x-amz-content-sha256: %s", hex);
+                store_headers_add(h, "x-amz-content-sha256: %s", hex);
         } else
-                headers_add(h, "x-amz-content-sha256: UNSIGNED-PAYLOAD");
+                store_headers_add(h, "x-amz-content-sha256: UNSIGNED-PAYLOAD");
         if (u->creds.session_token)
-                headers_add(h, "x-amz-security-token: %s", u->creds.session_token);
+                store_headers_add(h, "x-amz-security-token: %s", u->creds.session_token);
 }
 
 static void sha256_of(const void *p, size_t n, uint8_t out[static 32]) {
@@ -524,11 +506,26 @@ static bool expected_etag(const S3Upload *u, const char *have, char *out, size_t
 }
 
 static void req_done(HttpRequest *r, int error, long status, const char *body, size_t size, void *userdata);
+static void check_head_done(HttpRequest *r, int error, long status, const char *body, size_t size,
+                            void *userdata);
+
+/* Start @p on the request in *@req, made on first use. */
+static int request_start(S3Upload *u, HttpRequest **req, const char *name, const HttpRequestParams *p,
+                         HttpDoneFn done, void *userdata) {
+        int r;
+
+        if (!*req) {
+                r = http_request_new(u->http, name, req);
+                if (r < 0)
+                        return r;
+        }
+        return http_request_start(*req, p, done, userdata);
+}
 
 static void req_start(S3Upload *u) {
         _cleanup_free_ char *url = NULL, *id = NULL, *xml = NULL;
         HttpRequestParams p = { .timeout_usec = MIN(S3_SMALL_TIMEOUT_USEC, MAX(time_left(u), USEC_PER_SEC)) };
-        S3Headers h = {};
+        _cleanup_(store_headers_done) StoreHeaders h = {};
         uint8_t sha[32];
         int r;
 
@@ -548,8 +545,8 @@ static void req_start(S3Upload *u) {
                 p.method = "POST";
                 r = asprintf(&url, "%s?uploads=", u->url);
                 if (u->cfg->checksum == UPLOAD_CHECKSUM_CRC32C)
-                        headers_add(&h, "x-amz-checksum-algorithm: CRC32C");
-                headers_add(&h, "Content-Type: application/octet-stream");
+                        store_headers_add(&h, "x-amz-checksum-algorithm: CRC32C");
+                store_headers_add(&h, "Content-Type: application/octet-stream");
                 sha256_of("", 0, sha);
                 request_auth(u, &p, &h, sha);
                 break;
@@ -561,7 +558,7 @@ static void req_start(S3Upload *u) {
                         goto oom;
                 p.body = xml;
                 p.body_size = strlen(xml);
-                headers_add(&h, "Content-Type: application/xml");
+                store_headers_add(&h, "Content-Type: application/xml");
                 sha256_of(xml, p.body_size, sha);
                 request_auth(u, &p, &h, sha);
                 /* Completing a large upload may take the store a while. */
@@ -573,6 +570,8 @@ static void req_start(S3Upload *u) {
                 r = asprintf(&url, "%s", u->url);
                 sha256_of("", 0, sha);
                 request_auth(u, &p, &h, sha);
+                /* Asking costs no more than the time left: a store that hangs must not hold the plan past it. */
+                p.timeout_usec = MAX(MIN(S3_SMALL_TIMEOUT_USEC, time_left(u)), 100 * USEC_PER_MSEC);
                 break;
         case S3_DELETE:
                 p.method = "DELETE";
@@ -594,14 +593,11 @@ static void req_start(S3Upload *u) {
         }
         if (r < 0)
                 goto oom;
+        if (h.oom)
+                goto oom;
         p.url = url;
         p.headers = h.v;
-        if (!u->req) {
-                r = http_request_new(u->http, "s3", &u->req);
-                if (r < 0)
-                        goto fail;
-        }
-        r = http_request_start(u->req, &p, req_done, u);
+        r = request_start(u, &u->req, "s3", &p, u->check ? check_head_done : req_done, u);
         if (r < 0)
                 goto fail;
         return;
@@ -759,7 +755,7 @@ static void slot_send(S3Slot *sl) {
                 .stall_usec = STORE_STALL_USEC,
                 .max_body = 64 * 1024,
         };
-        S3Headers h = {};
+        _cleanup_(store_headers_done) StoreHeaders h = {};
         char b64[48];
         int r;
 
@@ -773,7 +769,7 @@ static void slot_send(S3Slot *sl) {
         switch (u->cfg->checksum) {
         case UPLOAD_CHECKSUM_MD5:
                 store_base64(pt->digest.md5, 16, b64);
-                headers_add(&h, "Content-MD5: %s", b64);
+                store_headers_add(&h, "Content-MD5: %s", b64);
                 request_auth(u, &p, &h, NULL);
                 break;
         case UPLOAD_CHECKSUM_CRC32C: {
@@ -781,9 +777,9 @@ static void slot_send(S3Slot *sl) {
                 uint8_t be[4] = { (uint8_t) (c >> 24), (uint8_t) (c >> 16), (uint8_t) (c >> 8), (uint8_t) c };
 
                 store_base64(be, 4, b64);
-                headers_add(&h, "x-amz-checksum-crc32c: %s", b64);
+                store_headers_add(&h, "x-amz-checksum-crc32c: %s", b64);
                 if (!u->multipart)
-                        headers_add(&h, "x-amz-sdk-checksum-algorithm: CRC32C");
+                        store_headers_add(&h, "x-amz-sdk-checksum-algorithm: CRC32C");
                 request_auth(u, &p, &h, NULL);
                 break;
         }
@@ -794,7 +790,9 @@ static void slot_send(S3Slot *sl) {
                 request_auth(u, &p, &h, NULL);
                 break;
         }
-        headers_add(&h, "Content-Type: application/octet-stream");
+        store_headers_add(&h, "Content-Type: application/octet-stream");
+        if (h.oom)
+                goto oom;
         p.url = url;
         p.headers = h.v;
         /* Background sync: the parts in flight share the rate. */
@@ -803,12 +801,7 @@ static void slot_send(S3Slot *sl) {
         /* A part may take as long as there is time; a stall is caught by stall_usec. */
         p.timeout_usec = MAX(time_left(u), USEC_PER_SEC);
 
-        if (!sl->req) {
-                r = http_request_new(u->http, "s3-part", &sl->req);
-                if (r < 0)
-                        goto fail;
-        }
-        r = http_request_start(sl->req, &p, slot_done, sl);
+        r = request_start(u, &sl->req, "s3-part", &p, slot_done, sl);
         if (r < 0)
                 goto fail;
         return;
@@ -1210,61 +1203,8 @@ static void check_head_done(HttpRequest *r, int error, long status, const char *
         upload_report(u);
 }
 
-static void check_creds_then_head(S3Upload *u);
-
-static void check_creds_done(CredProvider *p, int error, const Credentials *c, const char *detail,
-                             void *userdata) {
-        S3Upload *u = userdata;
-
-        u->creds_pending = false;
-        if (error < 0 || credentials_copy(&u->creds, c) < 0) {
-                u->error = error < 0 ? error : -ENOMEM;
-                (void) snprintf(u->detail, sizeof(u->detail), "credentials: %s", detail ? detail : "out of memory");
-                upload_report(u);
-                return;
-        }
-        u->have_creds = true;
-        u->bearer = c->kind == CRED_BEARER;
-        check_creds_then_head(u);
-}
-
-static void check_creds_then_head(S3Upload *u) {
-        /* Asking costs no more than the time left: a store that hangs must not hold the plan past it. */
-        HttpRequestParams p = {
-                .method = "HEAD",
-                .url = u->url,
-                .timeout_usec = MAX(MIN(S3_SMALL_TIMEOUT_USEC, time_left(u)), 100 * USEC_PER_MSEC),
-        };
-        S3Headers h = {};
-        uint8_t sha[32];
-        int r;
-
-        if (!creds_fresh(u)) {
-                u->creds_pending = true;
-                r = cred_provider_get(u->cp, check_creds_done, u);
-                if (r < 0)
-                        goto fail;
-                return;
-        }
-        sha256_of("", 0, sha);
-        request_auth(u, &p, &h, sha);
-        p.headers = h.v;
-        if (!u->req) {
-                r = http_request_new(u->http, "s3-head", &u->req);
-                if (r < 0)
-                        goto fail;
-        }
-        r = http_request_start(u->req, &p, check_head_done, u);
-        if (r >= 0)
-                return;
-fail:
-        u->error = r;
-        (void) snprintf(u->detail, sizeof(u->detail), "HEAD: %s", strerror(-r));
-        upload_report(u);
-}
-
 static void check_start_cb(uv_timer_t *t) {
-        check_creds_then_head(t->data);
+        req_start(t->data);
 }
 
 static int s3_check_start(const StoreParams *p, const char *etag, StoreCheckFn done, void *userdata,
@@ -1293,6 +1233,7 @@ static int s3_check_start(const StoreParams *p, const char *etag, StoreCheckFn d
         u->done = check_upload_done;
         u->userdata = c;
         u->phase = S3_HEAD;
+        u->check = true;
         c->base.ops = &store_s3_ops;
         c->u = u;
         c->done = done;

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <expat.h>
 #include <openssl/evp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -393,6 +394,32 @@ void store_strip_quotes(const char *in, char *out, size_t size) {
         n = MIN(n, size - 1);
         memcpy(out, in, n);
         out[n] = '\0';
+}
+
+/* ---- request headers ----------------------------------------------------------- */
+
+void store_headers_add(StoreHeaders *h, const char *fmt, ...) {
+        va_list ap;
+        char *line;
+        int r;
+
+        assert(h->n < STORE_HEADERS_MAX);
+        va_start(ap, fmt);
+        r = vasprintf(&line, fmt, ap);
+        va_end(ap);
+        if (r < 0) {
+                h->oom = true;
+                return;
+        }
+        h->owned[h->n] = line;
+        h->v[h->n++] = line;
+        h->v[h->n] = NULL;
+}
+
+void store_headers_done(StoreHeaders *h) {
+        for (size_t i = 0; i < h->n; i++)
+                free(h->owned[i]);
+        *h = (StoreHeaders) {};
 }
 
 /* ---- helpers ------------------------------------------------------------------ */

@@ -14,9 +14,11 @@
  * before @until_usec; at the end the object's size and ETag/checksum are
  * checked against what was sent (HEAD). A multipart upload that does not
  * complete is aborted (S3), so nothing half-written ever becomes visible.
- * The caller's detection of a source that changed (fstat before and after)
- * stays the caller's job; a part whose checksum the store rejects is re-read
- * and retried, which also catches a byte changed in flight.
+ * A source whose size or mtime changed while it was read is not completed
+ * (a single PUT's object is deleted again): done(-EBUSY, "source changed
+ * while being read"), for the caller to try once more or report. A part
+ * whose checksum the store rejects is re-read and retried, which also
+ * catches a byte changed in flight.
  */
 #pragma once
 
