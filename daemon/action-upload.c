@@ -1174,6 +1174,24 @@ static bool file_present(const UploadJob *j, const UploadItem *it, uint64_t size
 static void file_begin(UploadStage *s, Transfer *t);
 static void remote_begin(UploadStage *s, Transfer *t);
 
+/* Start sending @t to its destination, whatever kind it is. */
+static void transfer_send(UploadStage *s, Transfer *t) {
+        switch (t->job->scheme) {
+        case UPLOAD_FILE:
+                file_begin(s, t);
+                return;
+        case UPLOAD_S3:
+        case UPLOAD_GS:
+        case UPLOAD_AZ:
+                remote_begin(s, t);
+                return;
+        case _UPLOAD_SCHEME_MAX:
+        case _UPLOAD_SCHEME_INVALID:
+                break;
+        }
+        assert(false);
+}
+
 /* The source changed while it was read: read it again once, then give up. */
 static void file_changed(UploadStage *s, Transfer *t) {
         int r;
@@ -1551,20 +1569,7 @@ static void confirm_step(UploadStage *s, Transfer *t) {
         }
 
         /* Changed, or not what was sent: send it. */
-        switch (t->job->scheme) {
-        case UPLOAD_FILE:
-                file_begin(s, t);
-                return;
-        case UPLOAD_S3:
-        case UPLOAD_GS:
-        case UPLOAD_AZ:
-                remote_begin(s, t);
-                return;
-        case _UPLOAD_SCHEME_MAX:
-        case _UPLOAD_SCHEME_INVALID:
-                break;
-        }
-        assert(false);
+        transfer_send(s, t);
 }
 
 /* ---- the transfer: object stores ------------------------------------------------ */
@@ -1596,7 +1601,6 @@ static StoreParams remote_params(UploadStage *s, Transfer *t) {
 static void remote_sent(StoreUpload *u, int error, const char *detail, const StoreResult *res, void *userdata) {
         UploadStage *s = userdata;
         Transfer *t = &s->xfer;
-        struct stat st;
         int r;
 
         assert(t->store == u);
@@ -1605,30 +1609,19 @@ static void remote_sent(StoreUpload *u, int error, const char *detail, const Sto
         t->stats.retries += res->retries;
         stage_wake(s);
 
+        /*
+         * The store checks the source against what it read before it lets the
+         * object become visible (store.h); a change after that only makes the
+         * manifest's mtime differ, so the next run sends the file again.
+         */
         if (error == -EBUSY && t->restarts == 0) {
-                /* The store saw the source change under it (and kept nothing): once more. */
+                /* The source changed under the upload (the store kept nothing): once more. */
                 t->restarts++;
                 remote_begin(s, t);
                 return;
         }
         if (error < 0) {
                 transfer_fail(s, error, "%s", detail ? detail : strerror(-error));
-                return;
-        }
-        /* The store has what we read; was it what the file is now? */
-        if (fstat(t->src_fd, &st) < 0) {
-                r = -errno;
-                transfer_fail(s, r, "cannot stat source: %s", strerror(-r));
-                return;
-        }
-        if ((uint64_t) st.st_size != t->size || timespec_nsec(&st.st_mtim) != t->mtime_nsec) {
-                if (t->restarts > 0) {
-                        transfer_end(s, false, -EBUSY, "source changed while being read");
-                        return;
-                }
-                /* A trainer still writing: once more, from the file as it is now. */
-                t->restarts++;
-                remote_begin(s, t);
                 return;
         }
         (void) snprintf(t->etag, sizeof(t->etag), "%s", res->etag);
@@ -1798,20 +1791,7 @@ static void item_begin(UploadStage *s, UploadJob *j, UploadItem *it) {
         }
 
 send:
-        switch (j->scheme) {
-        case UPLOAD_FILE:
-                file_begin(s, t);
-                return;
-        case UPLOAD_S3:
-        case UPLOAD_GS:
-        case UPLOAD_AZ:
-                remote_begin(s, t);
-                return;
-        case _UPLOAD_SCHEME_MAX:
-        case _UPLOAD_SCHEME_INVALID:
-                break;
-        }
-        assert(false);
+        transfer_send(s, t);
 }
 
 /* ---- the stage --------------------------------------------------------------- */

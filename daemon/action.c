@@ -206,7 +206,7 @@ static void on_upload_object(UploadStage *s, const char *upload, const char *sou
                       st ? st->parts : 0, st ? st->retries : 0);
 }
 
-static void on_upload_manifest(UploadStage *s, int error, const char *detail, void *userdata) {
+void upload_log_manifest(UploadStage *s, int error, const char *detail, void *userdata) {
         log_warning_errno(error, "Upload manifest: %s, going on (unchanged files may be sent again)",
                           detail ? detail : "failed");
 }
@@ -227,7 +227,7 @@ static int plan_start_uploads(Plan *p) {
         static const UploadStageCallbacks cb = {
                 .on_object = on_upload_object,
                 .on_done = on_uploads_done,
-                .on_manifest = on_upload_manifest,
+                .on_manifest = upload_log_manifest,
         };
         int r;
 

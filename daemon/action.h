@@ -148,6 +148,11 @@ typedef struct UploadStageCallbacks {
 int upload_stage_new(uv_loop_t *loop, const UploadConfig *uploads, size_t n_uploads, const char *only,
                      const char *state_dir, const UploadContext *ctx, uint64_t until_usec,
                      const UploadStageCallbacks *cb, void *userdata, UploadStage **ret);
+/**
+ * upload_log_manifest() - an on_manifest callback for every stage: the
+ * manifest could not be read or written; a warning, not fatal.
+ */
+void upload_log_manifest(UploadStage *s, int error, const char *detail, void *userdata);
 /** upload_stage_object_stats() - parts and retries of the object on_object reports; only inside on_object. */
 const UploadObjectStats *upload_stage_object_stats(UploadStage *s);
 /**

@@ -331,15 +331,16 @@ static const char *env_value(const char *name) {
         return isempty(v) ? NULL : v;
 }
 
-_printf_(2, 3) static int set_fixed_error(CredProvider *p, const char *fmt, ...) {
+/* *@ret = a formatted string (replacing nothing: @ret must be NULL or unowned); -ENOMEM. */
+_printf_(2, 3) static int format_to(char **ret, const char *fmt, ...) {
         va_list ap;
         int r;
 
         va_start(ap, fmt);
-        r = vasprintf(&p->fixed_error, fmt, ap);
+        r = vasprintf(ret, fmt, ap);
         va_end(ap);
         if (r < 0) {
-                p->fixed_error = NULL;
+                *ret = NULL;
                 return -ENOMEM;
         }
         return 0;
@@ -365,17 +366,17 @@ static int take_aws_pair(CredProvider *p, bool from_config, const char *id, cons
                 if (!id && !secret && !token)
                         return 0;
                 if (!id && !secret)
-                        return set_fixed_error(p, "%s is set in %s but %s and %s are not", token_name, where,
-                                               id_name, secret_name);
-                return set_fixed_error(p, "%s is set in %s but %s is not", id ? id_name : secret_name, where,
-                                       id ? secret_name : id_name);
+                        return format_to(&p->fixed_error, "%s is set in %s but %s and %s are not", token_name,
+                                         where, id_name, secret_name);
+                return format_to(&p->fixed_error, "%s is set in %s but %s is not", id ? id_name : secret_name,
+                                 where, id ? secret_name : id_name);
         }
         if (!value_ok(id, CRED_KEY_ID_MAX))
-                return set_fixed_error(p, "%s in %s is not a valid access key id", id_name, where);
+                return format_to(&p->fixed_error, "%s in %s is not a valid access key id", id_name, where);
         if (!value_ok(secret, CRED_SECRET_MAX))
-                return set_fixed_error(p, "%s in %s is not a valid secret key", secret_name, where);
+                return format_to(&p->fixed_error, "%s in %s is not a valid secret key", secret_name, where);
         if (token && !value_ok(token, CRED_SESSION_TOKEN_MAX))
-                return set_fixed_error(p, "%s in %s is not a valid session token", token_name, where);
+                return format_to(&p->fixed_error, "%s in %s is not a valid session token", token_name, where);
 
         if (strdup_null(id, &c.access_key_id) < 0 || strdup_null(secret, &c.secret_access_key) < 0 ||
             strdup_null(token, &c.session_token) < 0 ||
@@ -412,14 +413,14 @@ static int take_fixed(CredProvider *p, const UploadConfig *u) {
                         sas++;
                 if (!isempty(sas)) {
                         if (!value_ok(sas, CRED_BEARER_MAX))
-                                return set_fixed_error(p, "sas_token in [upload \"%s\"] is not a valid "
-                                                       "SAS token", p->name);
+                                return format_to(&p->fixed_error,
+                                                 "sas_token in [upload \"%s\"] is not a valid SAS token", p->name);
                         c.kind = CRED_AZURE_SAS;
                         r = strdup_null(sas, &c.token);
                 } else if (!isempty(u->account_key)) {
                         if (!value_ok(u->account_key, CRED_SECRET_MAX))
-                                return set_fixed_error(p, "account_key in [upload \"%s\"] is not a "
-                                                       "valid key", p->name);
+                                return format_to(&p->fixed_error,
+                                                 "account_key in [upload \"%s\"] is not a valid key", p->name);
                         c.kind = CRED_AZURE_KEY;
                         r = strdup_null(u->account_key, &c.token);
                 } else
@@ -825,19 +826,6 @@ static int parse_role(const char *body, size_t size, char **ret) {
         return *ret ? 0 : -ENOMEM;
 }
 
-_printf_(2, 3) static int set_source(Credentials *c, const char *fmt, ...) {
-        va_list ap;
-        int r;
-
-        va_start(ap, fmt);
-        r = vasprintf(&c->source, fmt, ap);
-        va_end(ap);
-        if (r < 0) {
-                c->source = NULL;
-                return -ENOMEM;
-        }
-        return 0;
-}
 
 static void on_aws_token(CredProvider *p, long status, const char *body, size_t size) {
         _cleanup_free_ char *token = NULL;
@@ -919,10 +907,9 @@ static void on_document(CredProvider *p, long status, const char *body, size_t s
                 return fetch_fail(p, r, "%s", r == -ENOMEM ? "out of memory" : err);
 
         if (p->step == FETCH_AWS_CREDENTIALS)
-                r = set_source(&c, "instance role '%s'", p->role);
+                r = format_to(&c.source, "instance role '%s'", p->role);
         else
-                r = set_source(&c, "%s",
-                               p->step == FETCH_GCP_TOKEN ? "service account" : "managed identity");
+                r = format_to(&c.source, "%s", p->step == FETCH_GCP_TOKEN ? "service account" : "managed identity");
         if (r < 0) {
                 credentials_done(&c);
                 return fetch_fail(p, r, "out of memory");

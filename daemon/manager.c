@@ -238,6 +238,7 @@ static int manager_shutdown_script_hook(Manager *m, const NoticeEvent *ev, char 
 
 /* ---- continuous sync --------------------------------------------------------- */
 
+
 static UploadContext manager_upload_context(Manager *m, uint64_t rate_limit) {
         return (UploadContext) {
                 .http = m->http,
@@ -294,16 +295,11 @@ static void on_sync_done(UploadStage *s, unsigned n_ok, unsigned n_skipped, unsi
         (void) uv_timer_start(&m->sync_reaper, on_sync_reaper, 0, 0);
 }
 
-static void on_sync_manifest(UploadStage *s, int error, const char *detail, void *userdata) {
-        log_warning_errno(error, "Upload manifest: %s, going on (unchanged files may be sent again)",
-                          detail ? detail : "failed");
-}
-
 static void on_sync_due(SyncWatch *w, const char *upload, void *userdata) {
         static const UploadStageCallbacks cb = {
                 .on_object = on_sync_object,
                 .on_done = on_sync_done,
-                .on_manifest = on_sync_manifest,
+                .on_manifest = upload_log_manifest,
         };
         Manager *m = userdata;
         const UploadConfig *u = NULL;
@@ -944,11 +940,6 @@ static void on_manual_upload_object(UploadStage *s, const char *upload, const ch
                                         error < 0 ? strna(detail) : "", error < 0 ? ")" : "");
 }
 
-static void on_manual_upload_manifest(UploadStage *s, int error, const char *detail, void *userdata) {
-        log_warning_errno(error, "Upload manifest: %s, going on (unchanged files may be sent again)",
-                          detail ? detail : "failed");
-}
-
 static void on_upload_reaper(uv_timer_t *t) {
         Manager *m = container_of(t, Manager, upload_reaper);
 
@@ -986,10 +977,11 @@ static void cmd_upload(Manager *m, ControlClient *c, const ControlRequest *req) 
         static const UploadStageCallbacks cb = {
                 .on_object = on_manual_upload_object,
                 .on_done = on_manual_upload_done,
-                .on_manifest = on_manual_upload_manifest,
+                .on_manifest = upload_log_manifest,
         };
         static const char *const keys[] = { "name", NULL };
         const char *bad = NULL, *name;
+        UploadContext ctx;
         bool found = false;
         int r;
 
@@ -1012,13 +1004,8 @@ static void cmd_upload(Manager *m, ControlClient *c, const ControlRequest *req) 
         /* By hand wins over the background run: it would send the same files. */
         manager_stop_sync(m, true);
 
-        r = upload_stage_new(&m->loop, m->config->uploads, m->config->n_uploads, name, m->config->state_dir,
-                             &(UploadContext) {
-                                     .http = m->http,
-                                     .cloud = m->cloud,
-                                     .metadata_url = m->base_url,
-                                     .request_timeout_usec = m->config->request_timeout_usec,
-                             },
+        ctx = manager_upload_context(m, 0);
+        r = upload_stage_new(&m->loop, m->config->uploads, m->config->n_uploads, name, m->config->state_dir, &ctx,
                              now_monotonic_usec() + m->config->default_deadline_usec, &cb, m, &m->upload);
         /* (A background sync run goes on; the manifest keeps the two from sending a file twice after.) */
         if (r >= 0)
