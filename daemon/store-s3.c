@@ -45,6 +45,7 @@
 #include "store-internal.h"
 
 #define S3_DETAIL_MAX 512U
+#define S3_CODE_MAX 64U
 /* Time kept at the end for cancelling and the abort request. */
 #define S3_ABORT_RESERVE_USEC (700 * USEC_PER_MSEC)
 #define S3_SMALL_TIMEOUT_USEC (30 * USEC_PER_SEC)
@@ -150,26 +151,20 @@ static void req_start(S3Upload *u);
 /* ---- XML answers ----------------------------------------------------------------- */
 
 /* "HTTP 403 AccessDenied: Access Denied" from an S3 error answer. */
-static void describe_answer(char *buf, size_t size, long status, const char *body, size_t body_size) {
+/* The answer in one line for @buf, and its error <Code> (or "") for @code: the body is parsed once. */
+static void describe_answer(char *buf, size_t size, long status, const char *body, size_t body_size,
+                            char code[static S3_CODE_MAX]) {
         static const char *const names[] = { "Code", "Message" };
         char *v[2];
 
-        if (store_xml_find(body, body_size, names, v, 2) == 0 && v[0])
+        code[0] = '\0';
+        if (store_xml_find(body, body_size, names, v, 2) == 0 && v[0]) {
                 (void) snprintf(buf, size, "HTTP %ld %s%s%s", status, v[0], v[1] ? ": " : "", v[1] ? v[1] : "");
-        else
+                (void) snprintf(code, S3_CODE_MAX, "%s", v[0]);
+        } else
                 (void) snprintf(buf, size, "HTTP %ld", status);
         free(v[0]);
         free(v[1]);
-}
-
-static bool answer_code_is(const char *body, size_t size, const char *code) {
-        static const char *const names[] = { "Code" };
-        char *v = NULL;
-        bool r;
-
-        r = store_xml_find(body, size, names, &v, 1) == 0 && v && streq(v, code);
-        free(v);
-        return r;
 }
 
 /* ---- small helpers ------------------------------------------------------------------ */
@@ -196,24 +191,20 @@ static int hexval(char c) {
         return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
-/* Transient: worth another try. */
-static bool retryable(int error, long status, const char *body, size_t size) {
+/* The store got other bytes than those we hashed (a change in flight or in the file). */
+static bool digest_rejected(long status, const char *code) {
+        return status == 400 &&
+               (streq(code, "BadDigest") || streq(code, "XAmzContentSHA256Mismatch") || streq(code, "InvalidDigest"));
+}
+
+/* Transient: worth another try. @code: the answer's error code, "" if none. */
+static bool retryable(int error, long status, const char *code) {
         if (error < 0)
                 return error != -ENOMEM && error != -EINVAL && error != -ESHUTDOWN && error != -ENODATA &&
                        error != -EFBIG;
         if (status >= 500 || status == 429 || status == 408)
                 return true;
-        if (status == 400)
-                return answer_code_is(body, size, "BadDigest") || answer_code_is(body, size, "RequestTimeout") ||
-                       answer_code_is(body, size, "XAmzContentSHA256Mismatch") ||
-                       answer_code_is(body, size, "InvalidDigest");
-        return false;
-}
-
-static bool digest_rejected(long status, const char *body, size_t size) {
-        return status == 400 && (answer_code_is(body, size, "BadDigest") ||
-                                 answer_code_is(body, size, "XAmzContentSHA256Mismatch") ||
-                                 answer_code_is(body, size, "InvalidDigest"));
+        return digest_rejected(status, code) || (status == 400 && streq(code, "RequestTimeout"));
 }
 
 /* ---- requests ------------------------------------------------------------------------ */
@@ -648,7 +639,7 @@ static void head_verify(S3Upload *u, long status) {
 
 static void req_done(HttpRequest *r, int error, long status, const char *body, size_t size, void *userdata) {
         S3Upload *u = userdata;
-        char what[S3_DETAIL_MAX];
+        char what[S3_DETAIL_MAX], code[S3_CODE_MAX] = "";
 
         if (u->phase == S3_ABORT) {
                 if (error == -ECANCELED && u->upload_id && !u->req_attempts) {
@@ -681,8 +672,8 @@ static void req_done(HttpRequest *r, int error, long status, const char *body, s
                 if (error < 0)
                         (void) snprintf(what, sizeof(what), "%s", strerror(-error));
                 else
-                        describe_answer(what, sizeof(what), status, body, size);
-                if (retryable(error, status, body, size) && req_retry(u))
+                        describe_answer(what, sizeof(what), status, body, size, code);
+                if (retryable(error, status, code) && req_retry(u))
                         return;
                 upload_fail(u, error < 0 ? error : (status == 403 ? -EACCES : -EIO), "%s: %s%s%s%s",
                             u->phase == S3_CREATE     ? "CreateMultipartUpload"
@@ -711,14 +702,10 @@ static void req_done(HttpRequest *r, int error, long status, const char *body, s
         }
         case S3_COMPLETE:
                 /* A 200 may still carry an error (S3 sends it after a long completion). */
-                if (answer_code_is(body, size, "InternalError") || answer_code_is(body, size, "SlowDown")) {
-                        if (req_retry(u))
-                                return;
-                        upload_fail(u, -EIO, "CompleteMultipartUpload: error in the answer");
-                        return;
-                }
                 if (strstr(body, "<Error>")) {
-                        describe_answer(what, sizeof(what), status, body, size);
+                        describe_answer(what, sizeof(what), status, body, size, code);
+                        if ((streq(code, "InternalError") || streq(code, "SlowDown")) && req_retry(u))
+                                return;
                         upload_fail(u, -EIO, "CompleteMultipartUpload: %s", what);
                         return;
                 }
@@ -899,7 +886,7 @@ static void slot_done(HttpRequest *r, int error, long status, const char *body, 
         S3Upload *u = sl->u;
         S3Part *pt = sl->part;
         unsigned number = (unsigned) (pt - u->parts) + 1;
-        char what[S3_DETAIL_MAX];
+        char what[S3_DETAIL_MAX], code[S3_CODE_MAX] = "";
         uint64_t d;
 
         if (error == -ECANCELED)
@@ -945,8 +932,8 @@ static void slot_done(HttpRequest *r, int error, long status, const char *body, 
         if (error < 0)
                 (void) snprintf(what, sizeof(what), "%s", strerror(-error));
         else
-                describe_answer(what, sizeof(what), status, body, size);
-        if (!retryable(error, status, body, size)) {
+                describe_answer(what, sizeof(what), status, body, size, code);
+        if (!retryable(error, status, code)) {
                 upload_fail(u, error < 0 ? error : (status == 401 || status == 403 ? -EACCES : -EIO),
                             "part %u: %s%s%s%s", number, what,
                             status == 401 || status == 403 ? " (credentials from " : "",
@@ -954,7 +941,7 @@ static void slot_done(HttpRequest *r, int error, long status, const char *body, 
                             status == 401 || status == 403 ? ")" : "");
                 return;
         }
-        if (error == 0 && digest_rejected(status, body, size))
+        if (error == 0 && digest_rejected(status, code))
                 /* The bytes the store got are not those we hashed: a change in flight or in the file. */
                 pt->hashed = false;
 retry:
@@ -1178,7 +1165,7 @@ static void check_upload_done(StoreUpload *base, int error, const char *detail, 
 static void check_head_done(HttpRequest *r, int error, long status, const char *body, size_t size,
                             void *userdata) {
         S3Upload *u = userdata;
-        char etag[128];
+        char etag[128], code[S3_CODE_MAX];
 
         if (error == -ECANCELED)
                 return;
@@ -1195,7 +1182,7 @@ static void check_head_done(HttpRequest *r, int error, long status, const char *
                 (void) snprintf(u->detail, sizeof(u->detail), "not in the store");
         } else if (status < 200 || status > 299) {
                 u->error = -EIO;
-                describe_answer(u->detail, sizeof(u->detail), status, body, size);
+                describe_answer(u->detail, sizeof(u->detail), status, body, size, code);
         } else {
                 store_strip_quotes(http_request_header(r, "ETag"), etag, sizeof(etag));
                 (void) snprintf(u->res.etag, sizeof(u->res.etag), "%s", etag);
