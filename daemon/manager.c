@@ -257,21 +257,14 @@ static void manager_stop_sync(Manager *m, bool again) {
                 return;
         upload_stage_close(m->sync_stage);
         m->sync_stage = NULL;
-        log_debug("Continuous sync of [upload \"%s\"] stopped", strna(name));
+        log_debug("Continuous sync of [upload \"%s\"] ended", strna(name));
         if (name)
                 sync_watch_done(m->sync, name, again);
 }
 
 static void on_sync_reaper(uv_timer_t *t) {
-        Manager *m = container_of(t, Manager, sync_reaper);
-        _cleanup_free_ char *name = TAKE_PTR(m->sync_name);
-
-        if (m->sync_stage) {
-                upload_stage_close(m->sync_stage);
-                m->sync_stage = NULL;
-        }
-        if (name)
-                sync_watch_done(m->sync, name, false);
+        /* The run is over: free it outside its own callback. */
+        manager_stop_sync(container_of(t, Manager, sync_reaper), false);
 }
 
 static void on_sync_object(UploadStage *s, const char *upload, const char *source, const char *object, uint64_t bytes,
