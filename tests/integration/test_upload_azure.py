@@ -24,6 +24,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import secrets
@@ -310,6 +311,18 @@ def test_source_changing_while_sent():
             check(stored_sha256(container, name) == sha, f"{name}: the blob is the final file")
 
 
+def read_back_sha256(client, container, blob):
+    """The test's own read-back through TlsForwarder to the HTTPS Azurite: once in a full suite run the
+    forwarder's fresh upstream TLS connection was closed by Azurite before any answer (the daemon had
+    finished long before), so a read-back that got no answer at all is asked once more. Not the daemon's
+    path: its requests are checked by the assertions above."""
+    try:
+        return client.get_blob_sha256(container, blob)
+    except (http.client.RemoteDisconnected, ConnectionResetError) as e:
+        print(f"note: read-back got no answer ({e}), asking once more", flush=True)
+        return client.get_blob_sha256(container, blob)
+
+
 def bearer_daemon(fw, container, size):
     d, src, container, sums = setup({"b.bin": size}, key=None, endpoint=fw.url("/" + ACCOUNT), part_size="5M",
                                     fake_metadata="azure", daemon_keys={"cloud": "azure"}, container=container)
@@ -333,7 +346,7 @@ def test_bearer():
                       f"the managed identity's token authorises the upload: {rec['MESSAGE']}")
                 check(fw.bearer_requests - n0 >= 5,
                       f"with Authorization: Bearer ({fw.bearer_requests - n0} requests: 3 blocks, list, HEAD)")
-                check(client.get_blob_sha256(container, "run-1/b.bin") == sums["b.bin"],
+                check(read_back_sha256(client, container, "run-1/b.bin") == sums["b.bin"],
                       "it reads back byte for byte (over HTTPS)")
 
             # A token for another audience: refused, fetched once more, refused again: one error.
@@ -350,7 +363,7 @@ def test_bearer():
                       f"a refused token is one clear 403: {err}")
                 check(fw.bearer_requests - n0 == 2, f"sent twice: once more with a fresh token "
                       f"({fw.bearer_requests - n0} requests)")
-                check(client.get_blob_sha256(container, "run-1/b.bin") == first["b.bin"],
+                check(read_back_sha256(client, container, "run-1/b.bin") == first["b.bin"],
                       "the blob from before is untouched")
     finally:
         tls.stop()
